@@ -1,0 +1,10 @@
+"""User-facing errors.
+
+Anything the user can fix (a missing file, a corrupt image, an impossible option) is raised as
+:class:`TrsplatError` with one line that names the file or option and the problem. The CLI prints
+that line and exits with status 2 instead of showing a traceback.
+"""
+
+
+class TrsplatError(Exception):
+    """An error caused by input or options, reported to the user as one line."""

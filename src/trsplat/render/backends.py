@@ -1,0 +1,48 @@
+"""Compositing backends.
+
+Every backend is a function with the signature of
+:func:`trsplat.render.composite_reference.composite_reference` and must give the same image and
+alpha, gradients (VJP) and tangents (JVP) to float tolerance. ``reference`` is pure torch;
+native backends are ``torch.autograd.Function`` s with ``forward``, ``backward`` and ``jvp``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from trsplat.errors import TrsplatError
+from trsplat.render.composite_reference import composite_reference
+
+BACKENDS = ("reference", "cpu", "cuda")
+
+
+def get_compositor(name: str) -> Callable:
+    """The compositing function of backend ``name``."""
+    if name == "reference":
+        return composite_reference
+    if name == "cpu":
+        from trsplat.render.composite_cpu import composite_cpu
+
+        return composite_cpu
+    if name == "cuda":
+        raise TrsplatError("backend 'cuda' is not available yet in this version of trsplat")
+    raise TrsplatError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def default_backend() -> str:
+    """``cuda`` when a GPU is present and supported, else ``cpu`` when its kernels import, else ``reference``."""
+    try:
+        from trsplat.render import composite_cpu  # noqa: F401
+    except ImportError:
+        return "reference"
+    return "cpu"
+
+
+def resolve_backend(name: str | None) -> str:
+    if name in (None, "auto"):
+        return default_backend()
+    if name not in BACKENDS:
+        raise TrsplatError(f"unknown backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
+    return name
