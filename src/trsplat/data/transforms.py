@@ -1,0 +1,211 @@
+"""NeRF-synthetic (Blender) ``transforms_{train,test}.json`` and instant-ngp ``transforms.json``.
+
+Both formats store one camera-to-world ``transform_matrix`` per frame in OpenGL/Blender axes
+(x right, y up, camera looking down -z). As INRIA 3DGS does, columns 1 and 2 of the rotation are
+negated (OpenGL -> OpenCV axes) and the matrix is inverted (float64) to give the
+``world_to_camera`` of :class:`~trsplat.camera.Camera`. A 3x4 matrix is accepted (last row
+0 0 0 1 implied).
+
+Intrinsics, per frame, from the frame's own keys overriding the top-level keys (instant-ngp
+allows either place; a frame's own ``camera_angle_x|y`` also overrides an inherited
+``fl_x|y``):
+
+* ``w``, ``h``: image size; if absent, read from the image file's header.
+* ``fl_x`` (else ``0.5 * w / tan(camera_angle_x / 2)``); ``fl_y`` (else from ``camera_angle_y``
+  likewise with ``h``, else ``fl_x``).
+* ``cx``, ``cy`` (else ``w / 2``, ``h / 2``), COLMAP's continuous pixel convention, which is what
+  instant-ngp's ``colmap2nerf.py`` writes.
+* Distortion ``k1 k2 k3 k4 p1 p2``: if any is non-zero (or ``is_fisheye`` is set) the frame is
+  refused with a TrsplatError: trsplat does not undistort images. Undistort with COLMAP first.
+
+``file_path`` is relative to the JSON file's folder (or absolute) and is tried as written, then
+with ``.png``, ``.jpg``, ``.jpeg`` appended (NeRF-synthetic omits the extension). Frames whose
+image file is missing are skipped with a single warning that counts them; if every frame is
+missing the file is refused. ``transforms_val.json`` is never read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trsplat.camera import Camera
+from trsplat.data.images import ImageView, read_image_size
+from trsplat.errors import TrsplatError
+
+_EXTENSIONS = ("", ".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
+_INTRINSIC_KEYS = ("w", "h", "fl_x", "fl_y", "cx", "cy", "camera_angle_x", "camera_angle_y",
+                   "k1", "k2", "k3", "k4", "p1", "p2", "is_fisheye")
+_DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
+
+
+def opengl_c2w_to_w2c(c2w: np.ndarray) -> np.ndarray:
+    """(4, 4) OpenGL camera-to-world -> (4, 4) float64 OpenCV world-to-camera."""
+    m = np.array(c2w, dtype=np.float64)
+    m[:3, 1:3] *= -1.0
+    return np.linalg.inv(m)
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TrsplatError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise TrsplatError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TrsplatError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("frames"), list):
+        raise TrsplatError(f"{path}: expected a JSON object with a 'frames' list")
+    return data
+
+
+def _resolve_image(base: Path, file_path: str) -> tuple[Path | None, Path]:
+    """(existing image path or None, the path as written) for a frame's ``file_path``."""
+    p = Path(file_path)
+    if not p.is_absolute():
+        p = base / p
+    for ext in _EXTENSIONS:
+        candidate = Path(str(p) + ext) if ext else p
+        if candidate.is_file():
+            return candidate, p
+    return None, p
+
+
+def _number(value: Any, what: str, where: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TrsplatError(f"{where}: {what} = {value!r} is not a number") from None
+    if not math.isfinite(v):
+        raise TrsplatError(f"{where}: {what} is {v} (NaN or infinite)")
+    return v
+
+
+def _size_value(value: Any, what: str, where: str) -> int:
+    v = _number(value, what, where)
+    if v <= 0 or v != round(v):
+        raise TrsplatError(f"{where}: {what} = {value!r} is not a positive integer")
+    return int(round(v))
+
+
+def _frame_camera(
+    merged: dict[str, Any], c2w_raw: Any, image_path: Path, name: str, where: str
+) -> Camera:
+    """Build the native-resolution camera of one frame (see the module docstring)."""
+    # distortion: refuse rather than silently train on distorted images
+    nonzero = {k: merged[k] for k in _DISTORTION_KEYS if k in merged
+               and _number(merged[k], k, where) != 0.0}
+    if nonzero or merged.get("is_fisheye"):
+        what = "is_fisheye is set" if merged.get("is_fisheye") else (
+            "non-zero distortion " + ", ".join(f"{k}={v}" for k, v in nonzero.items()))
+        raise TrsplatError(
+            f"{where}: {what}; trsplat does not undistort images. Undistort them first (e.g. "
+            f"`colmap image_undistorter --image_path ... --input_path ... --output_path ...`) "
+            f"and point trsplat at the undistorted COLMAP folder"
+        )
+
+    if "w" in merged and "h" in merged:
+        w = _size_value(merged["w"], "w", where)
+        h = _size_value(merged["h"], "h", where)
+    else:
+        w, h = read_image_size(image_path)
+
+    if "fl_x" in merged:
+        fx = _number(merged["fl_x"], "fl_x", where)
+    elif "camera_angle_x" in merged:
+        ax = _number(merged["camera_angle_x"], "camera_angle_x", where)
+        if not 0.0 < ax < math.pi:
+            raise TrsplatError(f"{where}: camera_angle_x = {ax} is not in (0, pi) radians")
+        fx = 0.5 * w / math.tan(0.5 * ax)
+    else:
+        raise TrsplatError(f"{where}: no focal length (need fl_x or camera_angle_x)")
+    if "fl_y" in merged:
+        fy = _number(merged["fl_y"], "fl_y", where)
+    elif "camera_angle_y" in merged:
+        ay = _number(merged["camera_angle_y"], "camera_angle_y", where)
+        if not 0.0 < ay < math.pi:
+            raise TrsplatError(f"{where}: camera_angle_y = {ay} is not in (0, pi) radians")
+        fy = 0.5 * h / math.tan(0.5 * ay)
+    else:
+        fy = fx
+    if fx <= 0 or fy <= 0:
+        raise TrsplatError(f"{where}: focal lengths must be positive (fl_x={fx}, fl_y={fy})")
+    cx = _number(merged["cx"], "cx", where) if "cx" in merged else 0.5 * w
+    cy = _number(merged["cy"], "cy", where) if "cy" in merged else 0.5 * h
+
+    try:
+        c2w = np.asarray(c2w_raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TrsplatError(f"{where}: transform_matrix is not a matrix of numbers") from None
+    if c2w.shape == (3, 4):
+        c2w = np.vstack([c2w, [0.0, 0.0, 0.0, 1.0]])
+    if c2w.shape != (4, 4):
+        raise TrsplatError(f"{where}: transform_matrix has shape {c2w.shape}, expected 4x4")
+    if not np.isfinite(c2w).all():
+        raise TrsplatError(f"{where}: transform_matrix contains NaN or infinite values")
+    try:
+        w2c = opengl_c2w_to_w2c(c2w)
+    except np.linalg.LinAlgError:
+        w2c = np.full((4, 4), np.nan)
+    if not np.isfinite(w2c).all() or abs(np.linalg.det(c2w[:3, :3])) < 1e-12:
+        raise TrsplatError(f"{where}: transform_matrix is singular")
+    return Camera(width=w, height=h, fx=fx, fy=fy, cx=cx, cy=cy,
+                  world_to_camera=torch.from_numpy(w2c).float(), name=name)
+
+
+def read_transforms(path: str | Path) -> list[ImageView]:
+    """Read a ``transforms*.json`` file -> one :class:`ImageView` per frame with an image, in file
+    order. Camera names are the image paths relative to the JSON folder (e.g. ``train/r_0.png``).
+
+    Frames whose image file is missing are skipped with one ``warnings.warn`` counting them;
+    if all are missing (or there are no frames) a TrsplatError is raised.
+    """
+    path = Path(path)
+    data = _load_json(path)
+    base = path.parent
+    top = {k: data[k] for k in _INTRINSIC_KEYS if k in data}
+    frames = data["frames"]
+    if not frames:
+        raise TrsplatError(f"{path}: has no frames")
+    views: list[ImageView] = []
+    missing: list[Path] = []
+    for index, frame in enumerate(frames):
+        if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
+            raise TrsplatError(f"{path}: frame {index} lacks file_path or transform_matrix")
+        file_path = str(frame["file_path"])
+        where = f"{path}: frame {index} ({file_path})"
+        image_path, written = _resolve_image(base, file_path)
+        if image_path is None:
+            missing.append(written)
+            continue
+        own = {k: frame[k] for k in _INTRINSIC_KEYS if k in frame}
+        merged = {**top, **own}
+        # a frame's own field of view beats an inherited focal length (and vice versa)
+        for fl, angle in (("fl_x", "camera_angle_x"), ("fl_y", "camera_angle_y")):
+            if angle in own and fl not in own:
+                merged.pop(fl, None)
+        try:
+            name = image_path.relative_to(base).as_posix()
+        except ValueError:
+            name = image_path.as_posix()
+        camera = _frame_camera(merged, frame["transform_matrix"], image_path, name, where)
+        views.append(ImageView(camera, image_path))
+    if not views:
+        raise TrsplatError(
+            f"{path}: none of the {len(frames)} frames has an image file "
+            f"(first looked for {missing[0]} with extensions {', '.join(e for e in _EXTENSIONS if e)})"
+        )
+    if missing:
+        warnings.warn(
+            f"{path.name}: {len(missing)} of {len(frames)} frames skipped: image file missing "
+            f"(first: {missing[0]})",
+            stacklevel=2,
+        )
+    return views
