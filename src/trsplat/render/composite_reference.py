@@ -84,7 +84,7 @@ def composite_reference(
         trans_incl = torch.cumprod(one_minus, dim=-1)
         trans_before = torch.cat([torch.ones_like(trans_incl[..., :1]), trans_incl[..., :-1]], -1)
         weight = torch.where(kept, alpha * trans_before, torch.zeros_like(alpha))   # (B, P, K)
-        value = torch.einsum("bpk,bkc->bpc", weight, features[sid])
+        value = torch.bmm(weight, features[sid])                          # (B, P, C)
         t_final = trans_incl[..., -1]
         value = value + t_final[..., None] * background
         inside = (px < width) & (py < height)

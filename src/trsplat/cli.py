@@ -1,0 +1,238 @@
+"""The ``trsplat`` command: train, eval, render, export, make-scene, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+import typing
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from trsplat.config import OPTIMIZERS, TrainConfig
+from trsplat.errors import TrsplatError
+
+HELP = {
+    "optimizer": f"optimiser: {', '.join(OPTIMIZERS)}",
+    "iters": "number of training iterations",
+    "eval_at": "comma-separated iterations at which to evaluate all test views (the last iteration is always evaluated)",
+    "downscale": "resize images by 1/K once, on load",
+    "backend": "compositing backend: auto, reference, cpu, cuda",
+    "seed": "random seed (initialisation, view order, probes)",
+    "background": "auto (white for Blender/ngp, black for COLMAP), white or black",
+    "init": "auto (SfM points when present, else random), sfm or random",
+    "n_random_init": "number of random initial points (3DGS: 100k for Blender scenes)",
+    "init_box": "half-width of the random-init cube in world units (default: from the cameras, see docs)",
+    "llffhold": "every K-th image is a test view when the dataset has no test split",
+    "max_test_views": "evaluate an evenly spaced subset of this many test views",
+    "lpips": "compute LPIPS at evaluation (slower on CPU)",
+    "n_saved_renders": "test renders written next to their ground truth at each evaluation",
+    "lr_means_max_steps": "steps of the position-lr decay (default: the run length; 3DGS: 30000)",
+    "checkpoint_every": "iterations between checkpoints",
+}
+
+
+def _parse_int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _optional(kind):
+    def parse(text: str):
+        return None if text.lower() in ("none", "") else kind(text)
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ("data", "out")) -> None:
+    """One ``--option`` per :class:`TrainConfig` field, typed from its annotation and default."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        if f.name in skip:
+            continue
+        default = f.default_factory() if f.default is MISSING else f.default
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        help_text = HELP.get(f.name, f.name.replace("_", " "))
+        help_text += f" (default: {default})"
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif hint == list[int]:
+            parser.add_argument(flag, type=_parse_int_list, default=default, help=help_text)
+        elif isinstance(hint, types.UnionType):
+            inner = next(a for a in typing.get_args(hint) if a is not type(None))
+            parser.add_argument(flag, type=_optional(inner), default=default, help=help_text)
+        elif isinstance(hint, type) and issubclass(hint, tuple):
+            parser.add_argument(flag, default=default, help=help_text)
+        else:
+            parser.add_argument(flag, type=hint, default=default, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    return TrainConfig(**values)
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from trsplat.train import resume, train
+
+    if args.resume:
+        metrics = resume(args.resume)
+    else:
+        if not args.data or not args.out:
+            raise TrsplatError("train needs DATA and --out DIR (or --resume DIR)")
+        metrics = train(config_from_args(args))
+    last = metrics["evals"][-1]
+    print(json.dumps({k: last[k] for k in ("iteration", "psnr", "ssim", "lpips", "train_seconds") if k in last}))
+    return 0
+
+
+def _load_run(run_dir: str):
+    """(config, checkpoint dict, Gaussians at the checkpoint) of a saved run."""
+    import torch
+
+    from trsplat.gaussians import Gaussians
+    from trsplat.train import CHECKPOINT, CONFIG
+
+    run = Path(run_dir)
+    for name in (CONFIG, CHECKPOINT):
+        if not (run / name).is_file():
+            raise TrsplatError(f"{run}: not a trsplat run folder (no {name})")
+    cfg = TrainConfig.from_dict(json.loads((run / CONFIG).read_text()))
+    try:
+        ckpt = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise TrsplatError(f"{run / CHECKPOINT}: cannot read checkpoint ({exc})") from None
+    return cfg, ckpt, Gaussians.from_params(ckpt["params"])
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from trsplat.io_utils import write_json
+    from trsplat.render.backends import resolve_backend
+    from trsplat.train import active_sh_degree, evaluate, prepare
+
+    cfg, ckpt, gaussians = _load_run(args.run)
+    scene, _ = prepare(cfg)
+    iteration = ckpt["iteration"]
+    metrics = evaluate(gaussians, scene.test, sh_degree=active_sh_degree(iteration, cfg),
+                       background=scene.background, backend=resolve_backend(args.backend), lpips=args.lpips)
+    result = {"scene": scene.name, "iteration": iteration, "n_test_views": len(scene.test), **metrics}
+    write_json(Path(args.run) / "eval.json", result)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    import torch
+
+    from trsplat.render import render
+    from trsplat.render.backends import resolve_backend
+    from trsplat.train import active_sh_degree, prepare, save_render_pair
+
+    cfg, ckpt, gaussians = _load_run(args.run)
+    scene, _ = prepare(cfg)
+    frames = scene.test if args.split == "test" else scene.train
+    views = args.views if args.views else list(range(len(frames)))
+    bad = [v for v in views if not 0 <= v < len(frames)]
+    if bad:
+        raise TrsplatError(f"--views {bad}: the {args.split} split has views 0..{len(frames) - 1}")
+    out = Path(args.out or Path(args.run) / "renders" / args.split)
+    backend = resolve_backend(args.backend)
+    for v in views:
+        frame = frames[v]
+        with torch.no_grad():
+            res = render(gaussians, frame.camera, sh_degree=active_sh_degree(ckpt["iteration"], cfg),
+                         background=scene.background, backend=backend)
+        save_render_pair(out / f"{v:03d}.png", res.image, frame.image)
+    print(f"wrote {len(views)} renders (render | ground truth) to {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from trsplat.gaussians import save_ply
+
+    _, _, gaussians = _load_run(args.run)
+    out = Path(args.out or Path(args.run) / "point_cloud.ply")
+    save_ply(gaussians, out)
+    print(f"wrote {len(gaussians)} Gaussians to {out}")
+    return 0
+
+
+def cmd_make_scene(args: argparse.Namespace) -> int:
+    from trsplat.synthetic import make_synthetic_scene
+
+    out = make_synthetic_scene(args.out, size=args.size, seed=args.seed)
+    print(f"wrote the synthetic scene to {out}")
+    return 0
+
+
+def cmd_bench_render(args: argparse.Namespace) -> int:
+    from trsplat.bench import render_bench
+
+    return render_bench.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trsplat", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train Gaussians on a capture (COLMAP, NeRF/Blender, instant-ngp)")
+    p.add_argument("data", nargs="?", default="", help="capture folder")
+    p.add_argument("--out", default="", help="output folder of the run")
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue the stopped run in DIR")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="recompute test metrics of a saved run (writes DIR/eval.json)")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--lpips", action=argparse.BooleanOptionalAction, default=True)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("render", help="render chosen cameras of a saved run")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--views", type=_parse_int_list, default=None, help="comma-separated view indices (default: all)")
+    p.add_argument("--out", default=None, help="output folder (default: RUN/renders/SPLIT)")
+    p.add_argument("--backend", default="auto")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("export", help="write the PLY of a run's checkpoint")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--out", default=None, help="PLY path (default: RUN/point_cloud.ply)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("make-scene", help="generate the small synthetic scene (Blender format)")
+    p.add_argument("out", help="folder to write")
+    p.add_argument("--size", type=int, default=128, help="image width and height in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_scene)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("render", help="time forward, backward and JVP of each backend")
+    try:
+        from trsplat.bench import render_bench
+
+        render_bench.add_arguments(p)
+    except ImportError:
+        pass
+    p.set_defaults(func=cmd_bench_render)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except TrsplatError as exc:
+        print(f"trsplat: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

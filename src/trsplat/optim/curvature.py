@@ -1,0 +1,121 @@
+"""Estimators of diag(JᵀJ), the Gauss–Newton diagonal of the per-image training loss.
+
+The loss of one image is written as ``½‖r‖²`` with the residuals of :func:`trsplat.loss.residuals`,
+so that ``∇L = Jᵀr`` and the Gauss–Newton matrix is ``JᵀJ`` (J: Jacobian of r w.r.t. all raw
+Gaussian parameters). Three estimators, one interface (``estimate(...) -> {name: tensor}``, each
+tensor shaped like the raw parameter):
+
+- ``hutchinson`` (the paper): ``D = z ⊙ JᵀJz`` with Rademacher z over all raw parameters. One
+  forward-mode render with tangent z gives ``ṙ = Jz``; one backward of r with cotangent ``ṙ``
+  gives ``JᵀJz``. Unbiased, but single samples are often negative (off-diagonal terms).
+- ``gnb`` (Gauss–Newton–Bartlett): ``D = (Jᵀu)²`` with Rademacher u over the residuals. One
+  backward, no JVP; unbiased for the same diagonal and never negative.
+- ``none``: ``D = 0``; with the optimiser's guard every step becomes sign(−ĝ) × its radius.
+
+``n_probes`` (ν) probes per view and several views (|S₂|) are averaged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch.autograd import forward_ad
+
+from trsplat.gaussians import Gaussians
+from trsplat.loss import residuals
+from trsplat.render import render
+
+CURVATURES = ("hutchinson", "gnb", "none")
+
+# (gaussians, frame) -> residual vector r (flat), differentiable in both AD modes.
+ResidualFn = Callable[[Gaussians, object], torch.Tensor]
+
+
+def rademacher_like(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A ±1 tensor shaped like ``t`` (drawn on the CPU generator, moved to ``t``'s device)."""
+    bits = torch.randint(0, 2, t.shape, generator=generator, dtype=torch.int8)
+    return (bits.to(t.dtype) * 2 - 1).to(t.device)
+
+
+def make_residual_fn(*, sh_degree: int, background: torch.Tensor, backend: str, form: str,
+                     lambda_dssim: float, delta: float) -> ResidualFn:
+    """The residual function of the training loss for one view (render → residuals vs ground truth)."""
+
+    def fn(gaussians: Gaussians, frame) -> torch.Tensor:
+        out = render(gaussians, frame.camera, sh_degree=sh_degree, background=background, backend=backend)
+        return residuals(out.image, frame.image.to(out.image.device), form=form,
+                         lambda_dssim=lambda_dssim, delta=delta)
+
+    return fn
+
+
+def _leaves(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().requires_grad_(True) for k, v in params.items()}
+
+
+def _grads(out: torch.Tensor, leaves: dict[str, torch.Tensor], cotangent: torch.Tensor) -> dict[str, torch.Tensor]:
+    grads = torch.autograd.grad(out, list(leaves.values()), grad_outputs=cotangent, allow_unused=True)
+    return {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), grads)}
+
+
+def gauss_newton_product(params: dict[str, torch.Tensor], frame, residual_fn: ResidualFn,
+                         z: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """JᵀJz for one view: one forward-mode render with tangent z, one backward with cotangent Jz."""
+    leaves = _leaves(params)
+    with forward_ad.dual_level():
+        duals = {k: forward_ad.make_dual(v, z[k]) for k, v in leaves.items()}
+        r_dual = residual_fn(Gaussians.from_params(duals), frame)
+        primal, tangent = forward_ad.unpack_dual(r_dual)
+        if tangent is None:  # nothing in view depends on the parameters
+            return {k: torch.zeros_like(v) for k, v in leaves.items()}
+        return _grads(primal, leaves, tangent.detach())
+
+
+def hutchinson(params: dict[str, torch.Tensor], frames: Sequence, residual_fn: ResidualFn,
+               generator: torch.Generator, n_probes: int = 1) -> dict[str, torch.Tensor]:
+    """Mean over views and ν probes of z ⊙ JᵀJz (Rademacher z over every raw parameter)."""
+    total = {k: torch.zeros_like(v) for k, v in params.items()}
+    for frame in frames:
+        for _ in range(n_probes):
+            z = {k: rademacher_like(v, generator) for k, v in params.items()}
+            jtjz = gauss_newton_product(params, frame, residual_fn, z)
+            for k in total:
+                total[k] += z[k] * jtjz[k]
+    count = len(frames) * n_probes
+    return {k: v / count for k, v in total.items()}
+
+
+def gauss_newton_bartlett(params: dict[str, torch.Tensor], frames: Sequence, residual_fn: ResidualFn,
+                          generator: torch.Generator, n_probes: int = 1) -> dict[str, torch.Tensor]:
+    """Mean over views and ν probes of (Jᵀu)² (Rademacher u over the residuals): never negative."""
+    total = {k: torch.zeros_like(v) for k, v in params.items()}
+    for frame in frames:
+        for _ in range(n_probes):
+            leaves = _leaves(params)
+            r = residual_fn(Gaussians.from_params(leaves), frame)
+            u = rademacher_like(r, generator)
+            for k, g in _grads(r, leaves, u).items():
+                total[k] += g * g
+    count = len(frames) * n_probes
+    return {k: v / count for k, v in total.items()}
+
+
+@dataclass
+class CurvatureEstimator:
+    """Chooses the estimator by name; ``estimate`` returns D with the shapes of ``params``."""
+
+    kind: str = "hutchinson"
+    n_probes: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in CURVATURES:
+            raise ValueError(f"unknown curvature estimator {self.kind!r}; choose {', '.join(CURVATURES)}")
+
+    def estimate(self, params: dict[str, torch.Tensor], frames: Sequence, residual_fn: ResidualFn,
+                 generator: torch.Generator) -> dict[str, torch.Tensor]:
+        if self.kind == "none":
+            return {k: torch.zeros_like(v) for k, v in params.items()}
+        fn = hutchinson if self.kind == "hutchinson" else gauss_newton_bartlett
+        return fn(params, frames, residual_fn, generator, self.n_probes)

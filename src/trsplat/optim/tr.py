@@ -1,0 +1,191 @@
+"""3DGS²-TR (Algorithm 1 of arXiv 2602.00395) and ADAM-TR, in raw parameter space.
+
+3DGS²-TR, per iteration t (spec §1.2):
+
+1. ĝ ← θ₁ ĝ + (1 − θ₁) g                          (gradient EMA, the only momentum)
+2. every ``interval`` (l) steps, on other views:  D̂ ← θ₂ D̂ + (1 − θ₂) D   (curvature EMA)
+3. Δ = −ĝ / D̂ with a guard for D̂ ≤ 0 (spec §1.5):
+   ``sophia`` (default) Δ = −ĝ / max(D̂, floor); ``abs`` Δ = −ĝ / max(|D̂|, floor);
+   ``raw`` Δ = −ĝ / D̂ where D̂ ≠ 0, else 0.
+   Always: NaN → 0 and Δ = 0 where ĝ = 0 (parameters never seen, inactive SH bands).
+4. clip every coordinate to its Hellinger trust-region radius for ε(t) and apply.
+
+ε(t) decays exponentially (log-linear) from ``eps_start`` to ``eps_end`` over the run.
+Bias correction of both EMAs is optional (off in the paper).
+
+ADAM-TR: the 3DGS Adam step, clipped by the same radii with the same ε schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from trsplat.gaussians import Gaussians
+from trsplat.optim.adam import GaussianAdam
+from trsplat.optim.curvature import CurvatureEstimator, ResidualFn
+from trsplat.optim.hellinger import TrustRegionConfig, clip_step
+from trsplat.optim.schedules import exponential_decay
+
+GUARDS = ("sophia", "abs", "raw")
+
+
+@dataclass
+class BoundStats:
+    """Running count of coordinates whose step sat on the trust-region bound, per parameter name."""
+
+    on_bound: dict[str, int] = field(default_factory=dict)
+    total: dict[str, int] = field(default_factory=dict)
+
+    def add(self, mask: dict[str, torch.Tensor], moving: dict[str, torch.Tensor]) -> None:
+        for name, m in mask.items():
+            self.on_bound[name] = self.on_bound.get(name, 0) + int(m.sum())
+            self.total[name] = self.total.get(name, 0) + int(moving[name].sum())
+
+    def fractions(self) -> dict[str, float]:
+        """Fraction of non-zero proposed steps that were clipped, per parameter name."""
+        return {k: self.on_bound[k] / self.total[k] if self.total[k] else 0.0 for k in self.on_bound}
+
+    def reset(self) -> None:
+        self.on_bound.clear()
+        self.total.clear()
+
+
+def _clip_and_apply(params: dict[str, torch.Tensor], step: dict[str, torch.Tensor], eps: float,
+                    cfg: TrustRegionConfig, stats: BoundStats) -> None:
+    with torch.no_grad():
+        step = {k: torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) for k, v in step.items()}
+        clipped, on_bound = clip_step({k: v.detach() for k, v in params.items()}, step, eps, cfg)
+        stats.add(on_bound, {k: v != 0 for k, v in step.items()})
+        for name, p in params.items():
+            p.add_(clipped[name])
+
+
+class TrustRegionNewton:
+    """The 3DGS²-TR optimiser over the raw tensors of a :class:`Gaussians`.
+
+    The curvature refresh needs renders of other views; the training loop supplies them through
+    ``step(iteration, context)`` where ``context.curvature_views()`` returns the views (|S₂|) and
+    ``context.residual_fn`` the residual function (see :mod:`trsplat.optim.curvature`).
+    """
+
+    def __init__(self, gaussians: Gaussians, *, estimator: CurvatureEstimator, tr: TrustRegionConfig,
+                 eps_start: float = 1e-6, eps_end: float = 1e-8, max_steps: int = 30_000,
+                 theta1: float = 0.9, theta2: float = 0.999, interval: int = 10, guard: str = "sophia",
+                 guard_floor: float = 1e-12, bias_correction: bool = False, seed: int = 0) -> None:
+        if guard not in GUARDS:
+            raise ValueError(f"unknown guard {guard!r}; choose {', '.join(GUARDS)}")
+        self.params = gaussians.params()
+        self.estimator = estimator
+        self.tr = tr
+        self.eps_range = (eps_start, eps_end)
+        self.max_steps = max_steps
+        self.theta1, self.theta2 = theta1, theta2
+        self.interval = interval
+        self.guard, self.guard_floor = guard, guard_floor
+        self.bias_correction = bias_correction
+        self.grad_ema = {k: torch.zeros_like(v) for k, v in self.params.items()}
+        self.curv_ema = {k: torch.zeros_like(v) for k, v in self.params.items()}
+        self.n_steps = 0
+        self.n_curvature_updates = 0
+        self.generator = torch.Generator().manual_seed(seed + 7919)
+        self.stats = BoundStats()
+        self.last_curvature_negative_fraction = 0.0
+
+    def eps_at(self, iteration: int) -> float:
+        return exponential_decay(iteration, *self.eps_range, self.max_steps)
+
+    def needs_curvature(self, iteration: int) -> bool:
+        """Algorithm 1 refreshes at t ≡ 1 (mod l): t = 1, 1 + l, 1 + 2l, ..."""
+        return (iteration - 1) % self.interval == 0
+
+    @torch.no_grad()
+    def update_curvature(self, diag: dict[str, torch.Tensor]) -> None:
+        negative = sum(int((d < 0).sum()) for d in diag.values())
+        self.last_curvature_negative_fraction = negative / sum(d.numel() for d in diag.values())
+        for k, d in diag.items():
+            self.curv_ema[k].mul_(self.theta2).add_(torch.nan_to_num(d), alpha=1 - self.theta2)
+        self.n_curvature_updates += 1
+
+    @torch.no_grad()
+    def newton_step(self) -> dict[str, torch.Tensor]:
+        """Δ = −ĝ/D̂ with the guard, bias correction and zero/NaN rules (not yet clipped)."""
+        c1 = 1 - self.theta1 ** self.n_steps if self.bias_correction else 1.0
+        c2 = 1 - self.theta2 ** max(self.n_curvature_updates, 1) if self.bias_correction else 1.0
+        steps = {}
+        for k, m in self.grad_ema.items():
+            g_hat, d_hat = m / c1, self.curv_ema[k] / c2
+            if self.guard == "sophia":
+                step = -g_hat / d_hat.clamp_min(self.guard_floor)
+            elif self.guard == "abs":
+                step = -g_hat / d_hat.abs().clamp_min(self.guard_floor)
+            else:
+                step = torch.where(d_hat != 0, -g_hat / d_hat, torch.zeros_like(g_hat))
+            step = torch.where(m == 0, torch.zeros_like(step), step)
+            steps[k] = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
+        return steps
+
+    def step(self, iteration: int, context=None) -> None:
+        with torch.no_grad():
+            for k, p in self.params.items():
+                g = torch.zeros_like(p) if p.grad is None else torch.nan_to_num(p.grad)
+                self.grad_ema[k].mul_(self.theta1).add_(g, alpha=1 - self.theta1)
+        self.n_steps += 1
+        if self.needs_curvature(iteration) and self.estimator.kind != "none":
+            views = context.curvature_views(self.generator)
+            diag = self.estimator.estimate({k: v.detach() for k, v in self.params.items()}, views,
+                                           context.residual_fn, self.generator)
+            self.update_curvature(diag)
+        _clip_and_apply(self.params, self.newton_step(), self.eps_at(iteration), self.tr, self.stats)
+
+    def zero_grad(self) -> None:
+        for p in self.params.values():
+            p.grad = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"grad_ema": {k: v.clone() for k, v in self.grad_ema.items()},
+                "curv_ema": {k: v.clone() for k, v in self.curv_ema.items()},
+                "n_steps": self.n_steps, "n_curvature_updates": self.n_curvature_updates,
+                "generator": self.generator.get_state(), "stats": (dict(self.stats.on_bound), dict(self.stats.total))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k in self.grad_ema:
+            self.grad_ema[k].copy_(state["grad_ema"][k])
+            self.curv_ema[k].copy_(state["curv_ema"][k])
+        self.n_steps = state["n_steps"]
+        self.n_curvature_updates = state["n_curvature_updates"]
+        self.generator.set_state(state["generator"])
+        self.stats = BoundStats(dict(state["stats"][0]), dict(state["stats"][1]))
+
+
+class AdamTrustRegion(GaussianAdam):
+    """ADAM-TR: the 3DGS Adam step, clipped coordinate-wise by the Hellinger radii for ε(t)."""
+
+    def __init__(self, gaussians: Gaussians, *, tr: TrustRegionConfig, eps_start: float = 1e-6,
+                 eps_end: float = 1e-8, **adam_kwargs) -> None:
+        super().__init__(gaussians, **adam_kwargs)
+        self.params = gaussians.params()
+        self.tr = tr
+        self.eps_range = (eps_start, eps_end)
+        self.stats = BoundStats()
+
+    def eps_at(self, iteration: int) -> float:
+        return exponential_decay(iteration, *self.eps_range, self.max_steps)
+
+    def step(self, iteration: int, context=None) -> None:
+        with torch.no_grad():
+            before = {k: p.detach().clone() for k, p in self.params.items()}
+            super().step(iteration)
+            proposed = {k: p.detach() - before[k] for k, p in self.params.items()}
+            for k, p in self.params.items():
+                p.copy_(before[k])
+        _clip_and_apply(self.params, proposed, self.eps_at(iteration), self.tr, self.stats)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"adam": super().state_dict(), "stats": (dict(self.stats.on_bound), dict(self.stats.total))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state["adam"])
+        self.stats = BoundStats(dict(state["stats"][0]), dict(state["stats"][1]))

@@ -1,0 +1,105 @@
+"""A small synthetic scene with known ground-truth Gaussians, written as a NeRF/Blender capture.
+
+It is the default scene of the README (it needs nothing from outside the project) and the
+"known ground truth" scene of the optimizer study. Ground truth: a rainbow torus around a
+checkered sphere, 2,400 Gaussians, rendered by trsplat itself from cameras on a sphere.
+
+The folder holds ``transforms_train.json``, ``transforms_test.json``, RGBA PNGs (straight,
+un-premultiplied colour, so compositing on white reproduces the white-background render up to
+8-bit rounding) and ``ground_truth.ply`` (INRIA layout).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from trsplat.camera import Camera, look_at
+from trsplat.gaussians import SH_C0, Gaussians, save_ply
+from trsplat.io_utils import atomic_write
+
+CAMERA_ANGLE_X = 0.6911112070083618  # the NeRF-synthetic value
+
+
+def ground_truth_gaussians(seed: int = 0) -> Gaussians:
+    """2,400 Gaussians: a rainbow torus (R = 0.8, r = 0.25, in the z = 0 plane) around a checkered sphere."""
+    gen = torch.Generator().manual_seed(seed)
+    n_torus, n_sphere = 1600, 800
+    u = torch.rand(n_torus, generator=gen) * 2 * math.pi
+    v = torch.rand(n_torus, generator=gen) * 2 * math.pi
+    torus = torch.stack([(0.8 + 0.25 * torch.cos(v)) * torch.cos(u),
+                         (0.8 + 0.25 * torch.cos(v)) * torch.sin(u),
+                         0.25 * torch.sin(v)], dim=1)
+    torus_rgb = torch.tensor([colorsys.hsv_to_rgb(float(a) / (2 * math.pi), 0.85, 0.95) for a in u])
+    d = torch.randn(n_sphere, 3, generator=gen)
+    d = d / d.norm(dim=1, keepdim=True)
+    sphere = 0.4 * d
+    checker = ((torch.floor(4 * torch.atan2(d[:, 1], d[:, 0]) / math.pi)
+                + torch.floor(4 * torch.acos(d[:, 2].clamp(-1, 1)) / math.pi)) % 2)[:, None]
+    sphere_rgb = checker * torch.tensor([0.95, 0.95, 0.9]) + (1 - checker) * torch.tensor([0.1, 0.15, 0.35])
+    means = torch.cat([torus, sphere])
+    rgb = torch.cat([torus_rgb.float(), sphere_rgb])
+    n = len(means)
+    log_scales = torch.log(torch.full((n, 3), 0.045) * (0.7 + 0.6 * torch.rand(n, 3, generator=gen)))
+    quats = torch.randn(n, 4, generator=gen)
+    return Gaussians(
+        means=means,
+        log_scales=log_scales,
+        quats=quats,
+        opacity_logits=torch.full((n,), 2.5),
+        sh_dc=((rgb - 0.5) / SH_C0)[:, None, :],
+        sh_rest=torch.zeros(n, 15, 3),
+    )
+
+
+def _fibonacci_directions(n: int, offset: float) -> np.ndarray:
+    """``n`` roughly uniform unit vectors with z >= -0.3 (cameras above and slightly below the equator)."""
+    i = np.arange(n) + offset
+    z = 1.0 - 1.3 * i / n
+    phi = i * math.pi * (3.0 - math.sqrt(5.0))
+    r = np.sqrt(np.clip(1.0 - z * z, 0.0, 1.0))
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
+
+
+def make_synthetic_scene(out_dir: str | Path, *, size: int = 128, n_train: int = 48, n_test: int = 12,
+                         radius: float = 4.0, seed: int = 0, backend: str = "reference") -> Path:
+    """Render the ground truth from ``n_train`` + ``n_test`` cameras into a Blender-format folder."""
+    from trsplat.render import render
+
+    out = Path(out_dir)
+    gt = ground_truth_gaussians(seed)
+    focal = 0.5 * size / math.tan(0.5 * CAMERA_ANGLE_X)
+    splits = {"train": _fibonacci_directions(n_train, 0.5), "test": _fibonacci_directions(n_test, 0.25)}
+    for split, dirs in splits.items():
+        frames = []
+        (out / split).mkdir(parents=True, exist_ok=True)
+        for k, direction in enumerate(dirs):
+            eye = torch.tensor(direction * radius, dtype=torch.float32)
+            w2c = look_at(eye, torch.zeros(3), torch.tensor([0.0, 0.0, 1.0]))
+            cam = Camera(size, size, focal, focal, size / 2, size / 2, w2c)
+            with torch.no_grad():
+                res = render(gt, cam, sh_degree=3, background=(0.0, 0.0, 0.0), backend=backend)
+            alpha = res.alpha.clamp(0, 1)
+            straight = torch.where(alpha[..., None] > 1e-6, res.image / alpha[..., None].clamp_min(1e-6), 0.0)
+            rgba = torch.cat([straight.clamp(0, 1), alpha[..., None]], dim=-1)
+            pixels = (rgba.numpy() * 255.0 + 0.5).astype(np.uint8)
+            with atomic_write(out / split / f"r_{k}.png") as tmp:
+                Image.fromarray(pixels, "RGBA").save(tmp, format="PNG")
+            c2w = torch.linalg.inv(w2c.double())
+            c2w[:3, 1:3] *= -1  # OpenCV -> OpenGL/Blender camera axes
+            frames.append({"file_path": f"./{split}/r_{k}", "transform_matrix": c2w.tolist()})
+        with atomic_write(out / f"transforms_{split}.json") as tmp:
+            tmp.write_text(json.dumps({"camera_angle_x": CAMERA_ANGLE_X, "frames": frames}, indent=1))
+    save_ply(gt, out / "ground_truth.ply")
+    (out / "README.md").write_text(
+        "Synthetic trsplat scene (generated by `trsplat make-scene`): a rainbow torus around a\n"
+        "checkered sphere, 2,400 ground-truth Gaussians in `ground_truth.ply`, "
+        f"{n_train} train and {n_test} test views of {size}x{size} px in NeRF/Blender format.\n"
+    )
+    return out

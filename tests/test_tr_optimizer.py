@@ -1,0 +1,169 @@
+"""The 3DGS²-TR and ADAM-TR optimisers on toy problems."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from trsplat.gaussians import Gaussians
+from trsplat.loss import training_loss
+from trsplat.optim.curvature import CurvatureEstimator, make_residual_fn
+from trsplat.optim.hellinger import TrustRegionConfig
+from trsplat.optim.tr import AdamTrustRegion, TrustRegionNewton
+from trsplat.render import render
+from tests.helpers import front_camera, random_gaussians
+
+NO_BOXES = TrustRegionConfig(color_box=False, quat_norm_cap=None, mass_clamp=None, scale_min_ratio=None)
+
+
+class ExactDiagonal(CurvatureEstimator):
+    """Returns a fixed diagonal: the exact curvature of a separable quadratic."""
+
+    def __init__(self, diag: dict[str, torch.Tensor]) -> None:
+        super().__init__("hutchinson")
+        self.diag = diag
+
+    def estimate(self, params, frames, residual_fn, generator):
+        return {k: v.clone() for k, v in self.diag.items()}
+
+
+class _Context:
+    def curvature_views(self, generator):
+        return []
+
+    residual_fn = None
+
+
+def _quadratic(g: Gaussians, target: dict[str, torch.Tensor], curv: dict[str, torch.Tensor]) -> torch.Tensor:
+    return sum(0.5 * (curv[k] * (v - target[k]) ** 2).sum() for k, v in g.params().items())
+
+
+def test_newton_step_solves_separable_quadratic_in_one_step() -> None:
+    """θ₁ = θ₂ = 0 and a huge ε: one step of −g/D lands on the minimum of Σ ½ a (x − x*)²."""
+    g = random_gaussians(20, 0, scale=(0.2, 0.5)).requires_grad_(True)
+    gen = torch.Generator().manual_seed(1)
+    target = {k: v.detach() + 0.05 * torch.randn(v.shape, generator=gen) for k, v in g.params().items()}
+    curv = {k: torch.rand(v.shape, generator=gen) + 0.5 for k, v in g.params().items()}
+    opt = TrustRegionNewton(g, estimator=ExactDiagonal(curv), tr=NO_BOXES, eps_start=1e3, eps_end=1e3,
+                            theta1=0.0, theta2=0.0, interval=1)
+    _quadratic(g, target, curv).backward()
+    opt.step(1, context=_Context())
+    for k, v in g.params().items():
+        torch.testing.assert_close(v.detach(), target[k], rtol=1e-5, atol=1e-5, msg=k)
+
+
+def test_tiny_epsilon_limits_the_step() -> None:
+    """The same problem with the paper's ε: every coordinate moves at most its radius, none reaches x*."""
+    g = random_gaussians(20, 0, scale=(0.2, 0.5)).requires_grad_(True)
+    start = g.clone()
+    gen = torch.Generator().manual_seed(1)
+    target = {k: v.detach() + 0.5 * torch.randn(v.shape, generator=gen) for k, v in g.params().items()}
+    curv = {k: torch.ones_like(v) for k, v in g.params().items()}
+    opt = TrustRegionNewton(g, estimator=ExactDiagonal(curv), tr=TrustRegionConfig(), theta1=0.0, theta2=0.0,
+                            interval=1)
+    _quadratic(g, target, curv).backward()
+    opt.step(1, context=_Context())
+    moved = {k: (v.detach() - start.params()[k]).abs().max() for k, v in g.params().items()}
+    assert all(m < 0.05 for m in moved.values()), moved
+    assert all(f > 0.9 for f in opt.stats.fractions().values()), opt.stats.fractions()
+
+
+def test_nan_and_zero_curvature_never_give_nan_parameters() -> None:
+    g = random_gaussians(10, 3).requires_grad_(True)
+    zeros = {k: torch.zeros_like(v) for k, v in g.params().items()}
+    for guard in ("sophia", "abs", "raw"):
+        opt = TrustRegionNewton(g, estimator=ExactDiagonal(zeros), tr=TrustRegionConfig(), guard=guard)
+        for t in range(1, 4):
+            loss = sum((v ** 2).sum() for v in g.params().values())
+            loss.backward()
+            g.means.grad[0, 0] = float("nan")
+            g.quats.grad[1] = float("inf")
+            opt.step(t, context=_Context())
+            opt.zero_grad()
+        for k, v in g.params().items():
+            assert torch.isfinite(v).all(), (guard, k)
+
+
+def test_zero_gradient_gives_zero_step() -> None:
+    g = random_gaussians(5, 4).requires_grad_(True)
+    start = g.clone()
+    curv = {k: torch.ones_like(v) for k, v in g.params().items()}
+    opt = TrustRegionNewton(g, estimator=ExactDiagonal(curv), tr=TrustRegionConfig())
+    (g.means ** 2).sum().backward()          # only the means get a gradient
+    opt.step(1, context=_Context())
+    assert not torch.equal(g.means.detach(), start.means)
+    for k in ("log_scales", "quats", "opacity_logits", "sh_dc", "sh_rest"):
+        assert torch.equal(getattr(g, k).detach(), getattr(start, k)), k
+
+
+class _Frame:
+    def __init__(self, camera, image):
+        self.camera, self.image = camera, image
+
+
+def _fit_single_gaussian(make_optimizer, iters: int) -> tuple[float, float]:
+    """Fit one Gaussian to the image of a perturbed copy; returns (initial loss, final loss)."""
+    target = Gaussians(
+        means=torch.tensor([[0.05, -0.03, 0.0]]), log_scales=torch.log(torch.tensor([[0.35, 0.15, 0.2]])),
+        quats=torch.tensor([[0.9, 0.2, 0.1, 0.3]]), opacity_logits=torch.tensor([1.5]),
+        sh_dc=torch.tensor([[[0.8, -0.4, 0.2]]]), sh_rest=torch.zeros(1, 15, 3),
+    )
+    cams = [front_camera(32, 32, focal=30.0)]
+    for angle in (0.5, -0.5, 1.0):
+        cam = front_camera(32, 32, focal=30.0)
+        rot = torch.eye(4)
+        c, s = math.cos(angle), math.sin(angle)
+        rot[:3, :3] = torch.tensor([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+        cam.world_to_camera = cam.world_to_camera @ rot
+        cams.append(cam)
+    frames = [_Frame(c, render(target, c, sh_degree=0, background=(0, 0, 0)).image.detach()) for c in cams]
+    g = target.clone()
+    with torch.no_grad():
+        g.means += torch.tensor([[0.06, 0.04, -0.03]])
+        g.log_scales += torch.tensor([[0.2, -0.2, 0.1]])
+        g.opacity_logits -= 0.8
+        g.sh_dc += 0.3
+    g.requires_grad_(True)
+    opt = make_optimizer(g)
+
+    class Ctx:
+        def __init__(self, k):
+            self.k = k
+
+        def curvature_views(self, generator):
+            return [frames[(self.k + 1) % len(frames)]]
+
+        residual_fn = staticmethod(make_residual_fn(sh_degree=0, background=torch.zeros(3), backend="reference",
+                                                    form="sqrt", lambda_dssim=0.2, delta=1e-6))
+
+    def total_loss() -> float:
+        with torch.no_grad():
+            return sum(float(training_loss(render(g, f.camera, sh_degree=0, background=(0, 0, 0)).image, f.image))
+                       for f in frames)
+
+    initial = total_loss()
+    for t in range(1, iters + 1):
+        k = t % len(frames)
+        out = render(g, frames[k].camera, sh_degree=0, background=(0, 0, 0))
+        training_loss(out.image, frames[k].image).backward()
+        opt.step(t, context=Ctx(k))
+        opt.zero_grad()
+    return initial, total_loss()
+
+
+def test_single_gaussian_fit_converges_with_paper_settings() -> None:
+    """Paper settings (ε 1e-6 → 1e-8, θ₁ 0.9, θ₂ 0.999, l = 10, one Hutchinson probe, sophia guard,
+    kernel bounds): 300 steps cut the loss about 5x (measured 0.0418 → 0.0082)."""
+    initial, final = _fit_single_gaussian(
+        lambda g: TrustRegionNewton(g, estimator=CurvatureEstimator("hutchinson"), tr=TrustRegionConfig(),
+                                    eps_start=1e-6, eps_end=1e-8, max_steps=300), 300)
+    assert final < 0.25 * initial, (initial, final)
+
+
+def test_adam_tr_fit_converges() -> None:
+    """ADAM-TR with the paper's ε: the 3DGS learning rates are slow here (measured 0.0418 → 0.0163)."""
+    initial, final = _fit_single_gaussian(
+        lambda g: AdamTrustRegion(g, tr=TrustRegionConfig(), eps_start=1e-6, eps_end=1e-8, extent=1.0,
+                                  max_steps=300), 300)
+    assert final < 0.5 * initial, (initial, final)
