@@ -124,6 +124,30 @@ class TrainConfig:
             raise TrsplatError(f"--residual-delta must be > 0 for the sqrt residual, got {self.residual_delta}")
         if self.checkpoint_every < 1:
             raise TrsplatError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
+        self.trust_region()
+
+    def trust_region(self):
+        """The :class:`~trsplat.optim.hellinger.TrustRegionConfig` of the ``tr_*`` options."""
+        from trsplat.optim.hellinger import TrustRegionConfig
+
+        clamp = None
+        if self.tr_mass_clamp.strip().lower() != "none":
+            try:
+                lo, hi = (float(x) for x in self.tr_mass_clamp.split(","))
+            except ValueError:
+                raise TrsplatError(f"--tr-mass-clamp {self.tr_mass_clamp!r}: expected 'lo,hi' or 'none'") from None
+            clamp = (lo, hi)
+        try:
+            return TrustRegionConfig(
+                bounds=self.tr_bounds, split_budget=self.tr_split_budget,
+                opacity_eps_scale=self.tr_opacity_eps_scale, mass_clamp=clamp,
+                quat_norm_cap=self.tr_quat_norm_cap, rest_ratio=self.tr_rest_ratio,
+                color_box=self.tr_color_box, color_floor=self.tr_color_floor,
+                rest_radius_from_box=self.tr_rest_radius_from_box, mass_bounds=self.tr_mass_bounds,
+                opacity_box_mode=self.tr_opacity_box_mode, scale_min_ratio=self.tr_scale_min_ratio,
+            )
+        except ValueError as exc:
+            raise TrsplatError(f"trust-region options (--tr-*): {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -193,7 +193,7 @@ class Trainer:
             gt = frame.image.to(self.device)
             loss = training_loss(out.image, gt, self.cfg.lambda_dssim) / len(view_ids)
             loss.backward()
-            total_loss += float(loss)
+            total_loss += float(loss.detach())
             with torch.no_grad():
                 total_mse += float(torch.mean((out.image.detach().clamp(0, 1) - gt) ** 2)) / len(view_ids)
         self.optimizer.step(iteration, context=StepContext(self, sh_degree, view_ids))
@@ -286,7 +286,7 @@ def build_optimizer(cfg: TrainConfig, gaussians: Gaussians, scene):
     )
     if cfg.optimizer == "adam":
         return GaussianAdam(gaussians, **adam_kwargs)
-    tr = trust_region_config(cfg)
+    tr = cfg.trust_region()
     if cfg.optimizer == "adam-tr":
         return AdamTrustRegion(gaussians, tr=tr, eps_start=cfg.eps_start, eps_end=cfg.eps_end, **adam_kwargs)
     return TrustRegionNewton(
@@ -295,29 +295,6 @@ def build_optimizer(cfg: TrainConfig, gaussians: Gaussians, scene):
         theta2=cfg.theta2, interval=cfg.curvature_interval, guard=cfg.guard, guard_floor=cfg.guard_floor,
         bias_correction=cfg.bias_correction, seed=cfg.seed,
     )
-
-
-def trust_region_config(cfg: TrainConfig):
-    """The :class:`TrustRegionConfig` of the ``tr_*`` options (errors name the option)."""
-    from trsplat.optim.hellinger import TrustRegionConfig
-
-    clamp = None
-    if cfg.tr_mass_clamp.strip().lower() != "none":
-        try:
-            lo, hi = (float(x) for x in cfg.tr_mass_clamp.split(","))
-        except ValueError:
-            raise TrsplatError(f"--tr-mass-clamp {cfg.tr_mass_clamp!r}: expected 'lo,hi' or 'none'") from None
-        clamp = (lo, hi)
-    try:
-        return TrustRegionConfig(
-            bounds=cfg.tr_bounds, split_budget=cfg.tr_split_budget, opacity_eps_scale=cfg.tr_opacity_eps_scale,
-            mass_clamp=clamp, quat_norm_cap=cfg.tr_quat_norm_cap, rest_ratio=cfg.tr_rest_ratio,
-            color_box=cfg.tr_color_box, color_floor=cfg.tr_color_floor,
-            rest_radius_from_box=cfg.tr_rest_radius_from_box, mass_bounds=cfg.tr_mass_bounds,
-            opacity_box_mode=cfg.tr_opacity_box_mode, scale_min_ratio=cfg.tr_scale_min_ratio,
-        )
-    except ValueError as exc:
-        raise TrsplatError(f"trust-region options: {exc}") from None
 
 
 def prepare(cfg: TrainConfig):
