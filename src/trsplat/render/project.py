@@ -61,13 +61,6 @@ def quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
     ], dim=-1).reshape(-1, 3, 3)
 
 
-def covariance_3d(log_scales: torch.Tensor, quats: torch.Tensor) -> torch.Tensor:
-    """(N, 3, 3) world covariance Σ = R S Sᵀ Rᵀ from raw log-scales (N, 3) and raw quats (N, 4)."""
-    rot = quat_to_rotmat(F.normalize(quats, dim=-1))
-    m = rot * torch.exp(log_scales)[:, None, :]
-    return m @ m.transpose(1, 2)
-
-
 def project(
     means: torch.Tensor,
     log_scales: torch.Tensor,
@@ -101,11 +94,14 @@ def project(
         fx / z, zeros, -fx * xz / z,
         zeros, fy / z, -fy * yz / z,
     ], dim=-1).reshape(-1, 2, 3)
-    t = jac @ rot_v
-    cov2d = t @ covariance_3d(log_scales, quats) @ t.transpose(1, 2)
-    a = cov2d[:, 0, 0] + LOW_PASS
-    b = cov2d[:, 0, 1]
-    c = cov2d[:, 1, 1] + LOW_PASS
+    # cov2d = T Σ Tᵀ = (T M)(T M)ᵀ with T = J W (2x3) and M = R S (Σ = M Mᵀ). Broadcasted
+    # products instead of batched 3x3 matmuls: much faster on a CPU for 1e5-1e6 Gaussians.
+    t = jac @ rot_v                                                     # (V, 2, 3)
+    m = quat_to_rotmat(F.normalize(quats, dim=-1)) * torch.exp(log_scales)[:, None, :]
+    tm = (t[:, :, :, None] * m[:, None, :, :]).sum(2)                   # (V, 2, 3)
+    a = (tm[:, 0] * tm[:, 0]).sum(-1) + LOW_PASS
+    b = (tm[:, 0] * tm[:, 1]).sum(-1)
+    c = (tm[:, 1] * tm[:, 1]).sum(-1) + LOW_PASS
     det = a * c - b * b
 
     means2d = torch.stack([fx * x / z + cx - 0.5, fy * y / z + cy - 0.5], dim=-1)
