@@ -221,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         pass
     p.set_defaults(func=cmd_bench_render)
+    p = bench.add_parser("optimizers", help="optimizer study: variants x scenes x seeds, tables and plots")
+    from trsplat.bench import optimizers
+
+    optimizers.add_arguments(p)
+    p.set_defaults(func=optimizers.main)
     return parser
 
 

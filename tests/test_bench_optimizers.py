@@ -1,0 +1,380 @@
+"""``trsplat bench optimizers``: spec, derived figures on hand-written runs, tables, plots,
+resumability, and one real micro study."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from trsplat.bench import optimizers as ob
+from trsplat.errors import TrsplatError
+
+ITERS = 100
+EVALS = [25, 50, 75, 100]
+MIB = 2**20
+
+# PSNR per (variant, seed) at 25/50/75/100 on scene "s1"; scene "s2" is s1 + 1 dB everywhere.
+PSNR = {
+    ("adam", 0): [20, 22, 24, 25], ("adam", 1): [21, 23, 25, 26],                      # final mean 25.5
+    ("adam-tr-paper", 0): [21, 23, 25, 26], ("adam-tr-paper", 1): [22, 24, 26, 27],    # reaches 25.5 at 75
+    ("tr-hutchinson-paper", 0): [22, 25, 26, 27], ("tr-hutchinson-paper", 1): [24, 26, 27, 28],  # at 50
+    ("tr-none-paper", 0): [20, 21, 22, 23], ("tr-none-paper", 1): [21, 22, 23, 24],    # never
+}
+SECONDS = {"adam": {0: [10, 20, 30, 40], 1: [10, 20, 30, 44]},      # total mean 42
+           "adam-tr-paper": {0: [11, 22, 33, 44], 1: [11, 22, 33, 44]},
+           "tr-hutchinson-paper": {0: [30, 60, 90, 120], 1: [30, 60, 90, 120]},
+           "tr-none-paper": {0: [20, 40, 60, 80], 1: [20, 40, 60, 80]}}
+RSS = {"adam": 1000, "adam-tr-paper": 1050, "tr-hutchinson-paper": 1200, "tr-none-paper": 1100}
+
+
+def spec_dict(data_dir: str, **extra) -> dict:
+    d = {
+        "name": "unit", "iters": ITERS, "seeds": [0, 1], "eval_fraction": 0.25, "table_fractions": [0.5, 1.0],
+        "reference": "adam", "common": {"lpips": True},
+        "scenes": {"s1": {"path": data_dir, "options": {"n_random_init": 50}},
+                   "s2": {"path": data_dir, "options": {"n_random_init": 50}}},
+        "variants": {"adam": {"overrides": {"optimizer": "adam"}},
+                     "adam-tr-paper": {"overrides": {"optimizer": "adam-tr"}, "eps": "paper"},
+                     "tr-hutchinson-paper": {"overrides": {"optimizer": "tr", "curvature": "hutchinson"}, "eps": "paper"},
+                     "tr-none-paper": {"overrides": {"optimizer": "tr", "curvature": "none"}, "eps": "paper"}},
+    }
+    d.update(extra)
+    return d
+
+
+def write_fake_run(out: Path, spec: ob.StudySpec, scene: str, variant: str, seed: int, *, upto: int = ITERS,
+                   finished: bool = True, psnr_offset: float = 0.0) -> Path:
+    """A run folder as ``trsplat train`` leaves it, with the known numbers above."""
+    path = ob.run_dir(out, scene, variant, seed)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = spec.run_config(scene, variant, seed, out).to_dict()
+    evals = []
+    for k, it in enumerate(EVALS):
+        if it > upto:
+            break
+        p = PSNR[(variant, seed)][k] + psnr_offset
+        rec = {"iteration": it, "psnr": p, "ssim": p / 100, "lpips": 1 - p / 50, "lpips_corrected": 0.5,
+               "lpips_alex": 0.4, "train_seconds": SECONDS[variant][seed][k],
+               "seconds_per_iteration": SECONDS[variant][seed][k] / it,
+               "peak_rss_bytes": RSS[variant] * MIB * (0.5 if k == 0 else 1.0), "peak_cuda_bytes": None}
+        if variant != "adam":
+            rec["on_bound_fraction"] = {"means": 0.1 if k == 0 else 0.3, "sh_dc": 0.0}
+        evals.append(rec)
+    (path / "config.json").write_text(json.dumps(cfg))
+    (path / "metrics.json").write_text(json.dumps({"scene": scene, "config": cfg, "n_gaussians": 50,
+                                                   "backend": "cpu", "evals": evals}))
+    (path / "checkpoint.pt").write_bytes(b"fake")
+    if finished:
+        (path / "point_cloud.ply").write_bytes(b"ply")
+    return path
+
+
+@pytest.fixture()
+def study(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    spec = ob.StudySpec.from_dict(spec_dict(str(data)))
+    out = tmp_path / "study"
+    for scene, offset in (("s1", 0.0), ("s2", 1.0)):
+        for variant in spec.variants:
+            for seed in spec.seeds:
+                write_fake_run(out, spec, scene, variant, seed, psnr_offset=offset)
+    return spec, out
+
+
+# -- spec ----------------------------------------------------------------------------------------
+def test_spec_iterations_meta_and_guards(tmp_path) -> None:
+    spec = ob.StudySpec.from_dict(spec_dict(str(tmp_path)))
+    assert spec.eval_iterations() == EVALS and spec.table_iterations() == [50, 100] and spec.half_iteration() == 50
+    paper = ob.load_spec(preset="paper-study")
+    assert paper.eval_iterations() == [3000, 6000, 7000, 9000, 12000, 15000, 18000, 21000, 24000, 27000, 30000]
+    assert paper.table_iterations() == [7000, 15000, 30000]
+    assert len(paper.variants) == 9 and paper.seeds == [0, 1, 2]
+    assert paper.variants["tr-gnb-rebuttal"].meta == {"optimizer": "tr", "curvature": "gnb", "eps": "rebuttal"}
+    assert paper.variants["tr-gnb-rebuttal"].overrides["eps_start"] == 1e-5
+    assert paper.scenes["nerf_synthetic_chair"].options["max_test_views"] >= 25
+    assert ob.curvature_partner(paper, "tr-hutchinson-paper") == "tr-none-paper"
+    assert ob.curvature_partner(paper, "tr-gnb-rebuttal") == "tr-none-rebuttal"
+    assert ob.curvature_partner(paper, "adam-tr-paper") is None
+    abl = ob.load_spec(preset="ablations")
+    assert "ablation" in abl.variants["tr-hutchinson-paper-guard-abs"].meta
+    assert ob.curvature_partner(abl, "tr-hutchinson-paper-guard-abs") is None
+    # a variant may not change the initialisation or the evaluation
+    for key, value in (("n_random_init", 10), ("downscale", 2), ("seed", 3), ("max_test_views", 5)):
+        bad = spec_dict(str(tmp_path))
+        bad["variants"]["adam"]["overrides"][key] = value
+        with pytest.raises(TrsplatError, match=key):
+            ob.StudySpec.from_dict(bad)
+    with pytest.raises(TrsplatError, match="reference"):
+        ob.StudySpec.from_dict(spec_dict(str(tmp_path), reference="sgd"))
+    # same (scene, seed): identical init options in every variant's TrainConfig
+    cfgs = [spec.run_config("s1", v, 1, tmp_path / "o").to_dict() for v in spec.variants]
+    for key in ("data", "seed") + ob.INIT_KEYS + ob.EVAL_KEYS + ("iters", "eval_at"):
+        assert len({json.dumps(c[key]) for c in cfgs}) == 1, key
+
+
+def test_identical_initialisation_per_scene_and_seed(tmp_path) -> None:
+    from trsplat.synthetic import make_synthetic_scene
+    from trsplat.train import prepare
+
+    scene = make_synthetic_scene(tmp_path / "scene", size=16, n_train=3, n_test=1)
+    spec = ob.StudySpec.from_dict(spec_dict(str(scene)))
+    inits = [prepare(spec.run_config("s1", v, 1, tmp_path / "o"))[1] for v in ("adam", "tr-hutchinson-paper")]
+    other_seed = prepare(spec.run_config("s1", "adam", 0, tmp_path / "o"))[1]
+    for name, tensor in inits[0].params().items():
+        assert tensor.equal(inits[1].params()[name]), name
+    assert not inits[0].means.equal(other_seed.means)
+
+
+# -- derived figures -------------------------------------------------------------------------------
+def test_derived_figures_from_known_numbers(study) -> None:
+    spec, out = study
+    res = ob.aggregate(spec, out, plots=False, log=lambda *_: None)
+    s1 = res["scenes"]["s1"]
+    # curves: mean ± std over seeds
+    adam = s1["variants"]["adam"]
+    assert adam["psnr"]["mean"] == [20.5, 22.5, 24.5, 25.5]
+    assert adam["psnr"]["std"][0] == pytest.approx(math.sqrt(0.5)) and adam["psnr"]["n"] == [2, 2, 2, 2]
+    assert adam["total_train_seconds"]["mean"] == 42 and adam["peak_rss_bytes"]["mean"] == 1000 * MIB
+    assert adam["seconds_per_iteration_final"]["mean"] == pytest.approx(0.42)
+    # quality_gap: paired differences, mean and std
+    gap = s1["quality_gap"]["tr-hutchinson-paper"]
+    assert gap["reference"] == "adam" and gap["seeds"] == [0, 1] and gap["iterations"] == EVALS
+    assert gap["psnr"] == pytest.approx([2.5, 3.0, 2.0, 2.0])
+    assert gap["psnr_std"][0] == pytest.approx(math.sqrt(0.5)) and gap["psnr_std"][1] == 0
+    assert gap["ssim"] == pytest.approx([0.025, 0.03, 0.02, 0.02])
+    assert gap["lpips"] == pytest.approx([-0.05, -0.06, -0.04, -0.04])
+    assert s1["quality_gap"]["adam-tr-paper"]["psnr"] == pytest.approx([1, 1, 1, 1])
+    assert "adam" not in s1["quality_gap"]
+    # iteration_ratio: tr reaches 25.5 (adam's final mean) exactly at 50 -> 0.5; adam-tr at 75; none never
+    ir = s1["iteration_ratio"]
+    assert ir["tr-hutchinson-paper"]["value"] == 0.5 and ir["tr-hutchinson-paper"]["target_psnr"] == 25.5
+    assert ir["adam-tr-paper"]["value"] == 0.75
+    assert ir["tr-none-paper"]["value"] is None and ir["tr-none-paper"]["iteration"] is None
+    # time_ratio, first-eval rule: tr's seconds at iteration 50 (60) / adam's total (42)
+    tr = s1["time_ratio"]
+    assert tr["tr-hutchinson-paper"]["value"] == pytest.approx(60 / 42)
+    assert tr["tr-hutchinson-paper"]["rule"] == "first-eval"
+    assert tr["adam-tr-paper"]["value"] == pytest.approx(33 / 42)
+    assert tr["tr-none-paper"]["value"] is None
+    # memory_ratio: max peak RSS over the evals
+    assert s1["memory_ratio"]["tr-hutchinson-paper"]["rss"] == pytest.approx(1.2)
+    assert s1["memory_ratio"]["adam-tr-paper"]["rss"] == pytest.approx(1.05)
+    assert s1["memory_ratio"]["tr-none-paper"]["cuda"] is None
+    # curvature_gain: hutchinson - none, paired
+    cg = s1["curvature_gain"]
+    assert set(cg) == {"tr-hutchinson-paper"} and cg["tr-hutchinson-paper"]["baseline"] == "tr-none-paper"
+    assert cg["tr-hutchinson-paper"]["psnr"] == pytest.approx([2.5, 4.0, 4.0, 4.0])
+    # on-bound fraction, weighted by the iterations of each eval interval
+    ob_frac = s1["variants"]["tr-hutchinson-paper"]["on_bound_fraction"]
+    assert ob_frac["means"]["mean"] == pytest.approx(0.25) and ob_frac["sh_dc"]["mean"] == 0
+    # s2 = s1 + 1 dB: same gaps; the scene average is s1 + 0.5
+    assert res["scenes"]["s2"]["quality_gap"]["tr-hutchinson-paper"]["psnr"] == pytest.approx([2.5, 3, 2, 2])
+    avg = res["average"]
+    assert avg["variants"]["adam"]["psnr"]["mean"] == pytest.approx([21.0, 23.0, 25.0, 26.0])
+    assert avg["variants"]["adam"]["psnr"]["std"][3] == pytest.approx(math.sqrt(0.5))
+    assert avg["iteration_ratio"]["tr-hutchinson-paper"]["value"] == 0.5
+    assert avg["memory_ratio"]["tr-hutchinson-paper"]["rss"] == pytest.approx(1.2)
+    # verdicts are generated from these numbers
+    texts = [v["text"] for v in res["verdicts"]]
+    assert any(t.startswith("s1: tr-hutchinson-paper@50 ≥ adam@100") and "PSNR holds (25.50 vs 25.50)" in t
+               for t in texts)
+    assert any("s1: tr-none-paper never reaches adam's final PSNR 25.50" in t for t in texts)
+    assert any("s1: curvature helps (tr-hutchinson-paper vs tr-none-paper) at 100: holds (+4.00 dB" in t
+               for t in texts)
+    on_disk = json.loads((out / "results.json").read_text())
+    for key in ("quality_gap", "iteration_ratio", "time_ratio", "memory_ratio", "curvature_gain"):
+        assert key in on_disk["scenes"]["s1"]
+
+
+def test_markdown_table_layout(study) -> None:
+    spec, out = study
+    ob.aggregate(spec, out, command="trsplat bench optimizers --out X", plots=False, log=lambda *_: None)
+    md = (out / "results.md").read_text()
+    assert "| Scene | Method | SSIM ↑ | PSNR ↑ | LPIPS ↓ | Time (s) | Mem (RSS, MiB) |" in md
+    # Table-1 row: SSIM / PSNR / LPIPS at 50 / 100 as mean ± std, total seconds, peak memory
+    row = next(ln for ln in md.splitlines() if ln.startswith("| s1 | adam |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == "22.50 ± 0.71 / 25.50 ± 0.71"
+    assert cells[2] == "0.225 ± 0.007 / 0.255 ± 0.007"
+    assert cells[4] == "0.550 ± 0.014 / 0.490 ± 0.014"
+    assert cells[5] == "42.0 ± 2.8" and cells[6] == "1000 ± 0"
+    assert "| average | adam | " in md
+    assert "## Verdicts" in md and "## Steps on the trust-region bound" in md and "## Curvature gain" in md
+    assert "`trsplat bench optimizers --out X`" in md and "cores" in md
+    assert "| s1 | tr-hutchinson-paper (27.50) | tr-hutchinson-paper (0.275) | tr-hutchinson-paper (0.450) |" in md
+    assert "none: every planned run finished" in md
+
+
+def test_partial_and_missing_runs_are_reported(study) -> None:
+    spec, out = study
+    import shutil
+
+    write_fake_run(out, spec, "s1", "tr-hutchinson-paper", 1, upto=50, finished=False)   # interrupted
+    shutil.rmtree(ob.run_dir(out, "s1", "adam-tr-paper", 1))                            # never started
+    res = ob.aggregate(spec, out, plots=False, log=lambda *_: None)
+    s1 = res["scenes"]["s1"]
+    assert res["run_states"] == {"finished": 14, "partial": 1, "missing": 1, "failed": 0}
+    trh = s1["variants"]["tr-hutchinson-paper"]
+    assert trh["runs"] == {"0": "finished", "1": "partial@50"} and trh["psnr"]["n"] == [2, 2, 1, 1]
+    assert trh["psnr"]["mean"] == [23.0, 25.5, 26.0, 27.0]
+    # derived figures use finished runs only: seed 0 alone (adam's seed-0 final is 25)
+    gap = s1["quality_gap"]["tr-hutchinson-paper"]
+    assert gap["seeds"] == [0] and gap["psnr"] == [2, 3, 2, 2] and gap["psnr_std"] == [None] * 4
+    assert s1["iteration_ratio"]["tr-hutchinson-paper"]["value"] == 0.5
+    assert s1["curvature_gain"]["tr-hutchinson-paper"]["seeds"] == [0]
+    assert s1["variants"]["adam-tr-paper"]["runs"]["1"] == "missing"
+    assert res["average"]["quality_gap"]["tr-hutchinson-paper"]["seeds"] == [0]
+    md = (out / "results.md").read_text()
+    assert "(1/2)" in md
+    assert "`runs/s1/tr-hutchinson-paper/seed1`: partial at iteration 50" in md
+    assert "`runs/s1/adam-tr-paper/seed1`: missing" in md
+    # nothing finished for one variant: its figures are null, not invented
+    for seed in (0, 1):
+        shutil.rmtree(ob.run_dir(out, "s2", "tr-none-paper", seed))
+    res = ob.aggregate(spec, out, plots=False, log=lambda *_: None)
+    assert res["scenes"]["s2"]["quality_gap"]["tr-none-paper"] is None
+    assert res["scenes"]["s2"]["iteration_ratio"]["tr-none-paper"] is None
+    assert res["scenes"]["s2"]["curvature_gain"]["tr-hutchinson-paper"] is None
+
+
+def test_plots_are_written(study) -> None:
+    spec, out = study
+    res = ob.aggregate(spec, out, plots=True, log=lambda *_: None)
+    expected = {"plots/psnr_s1.png", "plots/psnr_s2.png", "plots/psnr_average.png", "plots/psnr_overview.png",
+                "plots/peak_memory.png"}
+    assert set(res["plots"]) == expected
+    for p in expected:
+        assert (out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "plots/peak_memory.png" in (out / "results.md").read_text()
+
+
+# -- resumability ------------------------------------------------------------------------------
+def _single_scene_spec(tmp_path) -> ob.StudySpec:
+    d = spec_dict(str(tmp_path), seeds=[0, 1, 2])
+    d["scenes"] = {"s1": d["scenes"]["s1"]}
+    d["variants"] = {"adam": d["variants"]["adam"]}
+    return ob.StudySpec.from_dict(d)
+
+
+def test_finished_skipped_interrupted_resumed_missing_started(tmp_path, monkeypatch) -> None:
+    import trsplat.train as train_mod
+
+    spec = _single_scene_spec(tmp_path)
+    out = tmp_path / "study"
+    monkeypatch.setitem(PSNR, ("adam", 2), [1, 2, 3, 4])
+    monkeypatch.setitem(SECONDS["adam"], 2, [1, 2, 3, 4])
+    write_fake_run(out, spec, "s1", "adam", 0)                               # finished
+    write_fake_run(out, spec, "s1", "adam", 1, upto=50, finished=False)     # interrupted
+    calls = []
+
+    def fake_train(cfg):
+        calls.append(("train", Path(cfg.out).name))
+        write_fake_run(out, spec, "s1", "adam", cfg.seed)
+        return {}
+
+    def fake_resume(path):
+        calls.append(("resume", Path(path).name))
+        write_fake_run(out, spec, "s1", "adam", int(Path(path).name[4:]))
+        return {}
+
+    monkeypatch.setattr(train_mod, "train", fake_train)
+    monkeypatch.setattr(train_mod, "resume", fake_resume)
+    tasks = ob.plan_runs(spec, out)
+    assert [(t.seed, t.action) for t in tasks] == [(0, "skip"), (1, "resume"), (2, "start")]
+    outcome = ob.execute(tasks, out, isolate=False, log=lambda *_: None)
+    assert calls == [("resume", "seed1"), ("train", "seed2")]
+    assert outcome == {"s1/adam/seed1": "ok", "s1/adam/seed2": "ok"}
+    assert [t.action for t in ob.plan_runs(spec, out)] == ["skip"] * 3
+    # a failing run is recorded and the others go on
+    calls.clear()
+    import shutil
+
+    shutil.rmtree(ob.run_dir(out, "s1", "adam", 1))
+    shutil.rmtree(ob.run_dir(out, "s1", "adam", 2))
+
+    def failing_train(cfg):
+        calls.append(("train", Path(cfg.out).name))
+        if cfg.seed == 1:
+            raise TrsplatError("iteration 3: the loss is nan; the run diverged")
+        return fake_train(cfg)
+
+    monkeypatch.setattr(train_mod, "train", failing_train)
+    outcome = ob.execute(ob.plan_runs(spec, out), out, isolate=False, log=lambda *_: None)
+    assert outcome["s1/adam/seed1"].startswith("iteration 3") and outcome["s1/adam/seed2"] == "ok"
+    assert "s1/adam/seed1" in json.loads((out / "failures.json").read_text())
+    res = ob.aggregate(spec, out, plots=False, log=lambda *_: None)
+    assert [r["state"] for r in res["runs"]] == ["finished", "failed", "finished"]
+    # a run folder trained with another configuration is refused, never mixed in
+    cfg = json.loads((ob.run_dir(out, "s1", "adam", 0) / "config.json").read_text())
+    cfg["lr_opacity"] = 0.5
+    (ob.run_dir(out, "s1", "adam", 0) / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(TrsplatError, match="lr_opacity"):
+        ob.plan_runs(spec, out)
+
+
+def _args(out: Path, **kw) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    ob.add_arguments(parser)
+    argv = ["--out", str(out)]
+    for key, value in kw.items():
+        flag = "--" + key.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    return parser.parse_args(argv)
+
+
+def test_cli_only_aggregate_and_errors(study, tmp_path, capsys) -> None:
+    spec, out = study
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec.to_dict()))
+    assert ob.main(_args(out, spec=spec_file, only_aggregate=True, no_plots=True)) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["run_states"]["finished"] == 16
+    assert "--only-aggregate" in res["command"]
+    with pytest.raises(TrsplatError, match="unknown variant"):
+        ob.main(_args(out, spec=spec_file, variants="adam,nope"))
+    with pytest.raises(TrsplatError, match="either --preset or --spec"):
+        ob.main(_args(out, spec=spec_file, preset="quick"))
+    capsys.readouterr()
+    assert ob.main(_args(tmp_path / "x", preset="paper-study", iters=3000, seeds="0", show_spec=True)) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["iters"] == 3000 and shown["seeds"] == [0] and len(shown["variants"]) == 9
+
+
+# -- one real micro study -------------------------------------------------------------------------
+def test_end_to_end_micro_study(tmp_path) -> None:
+    spec = {
+        "name": "micro", "iters": 6, "seeds": [0], "eval_fraction": 0.5, "table_fractions": [0.5, 1.0],
+        "reference": "adam", "common": {"backend": "reference", "lpips": False, "n_saved_renders": 0},
+        "scenes": {"synthetic": {"path": "scenes/tiny", "generate": {"size": 24, "n_train": 4, "n_test": 2},
+                                 "options": {"n_random_init": 100}}},
+        "variants": {"adam": {"overrides": {"optimizer": "adam"}},
+                     "tr-hutchinson-paper": {"overrides": {"optimizer": "tr", "curvature": "hutchinson",
+                                                           "curvature_interval": 3}, "eps": "paper"}},
+    }
+    spec_file = tmp_path / "micro.json"
+    spec_file.write_text(json.dumps(spec))
+    out = tmp_path / "study"
+    # each run in its own process, two at a time with one thread each
+    assert ob.main(_args(out, spec=spec_file, no_plots=True, jobs=2)) == 0
+    assert json.loads((out / "invocations.json").read_text())[0]["jobs"] == 2
+    assert (out / "scenes" / "tiny" / "ground_truth.ply").is_file()
+    res = json.loads((out / "results.json").read_text())
+    assert res["run_states"]["finished"] == 2
+    s = res["scenes"]["synthetic"]
+    assert s["variants"]["adam"]["psnr"]["n"] == [1, 1] and s["variants"]["adam"]["iterations"] == [3, 6]
+    assert s["quality_gap"]["tr-hutchinson-paper"]["psnr"][1] is not None
+    assert s["memory_ratio"]["tr-hutchinson-paper"]["rss"] > 0
+    assert s["variants"]["tr-hutchinson-paper"]["on_bound_fraction"]
+    for variant in ("adam", "tr-hutchinson-paper"):
+        run = ob.run_dir(out, "synthetic", variant, 0)
+        assert (run / "point_cloud.ply").is_file() and (run / "config.json").is_file()
+    # everything finished: a second invocation trains nothing and re-aggregates
+    assert [t.action for t in ob.plan_runs(ob.StudySpec.from_dict(json.loads((out / "study.json").read_text())),
+                                           out)] == ["skip", "skip"]
+    assert ob.main(_args(out, only_aggregate=True)) == 0
+    assert (out / "plots" / "psnr_synthetic.png").is_file()
