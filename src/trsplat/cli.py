@@ -28,7 +28,7 @@ HELP = {
     "max_test_views": "evaluate an evenly spaced subset of this many test views",
     "lpips": "compute LPIPS at evaluation (slower on CPU)",
     "n_saved_renders": "test renders written next to their ground truth at each evaluation",
-    "lr_means_max_steps": "steps of the position-lr decay (default: the run length; 3DGS: 30000)",
+    "lr_means_max_steps": "steps of the position-lr decay, as 3DGS (none: decay over the run length)",
     "checkpoint_every": "iterations between checkpoints",
 }
 

@@ -47,7 +47,7 @@ class TrainConfig:
     # Adam (3DGS recipe); the position lr is multiplied by the scene extent
     lr_means: float = 1.6e-4
     lr_means_final: float = 1.6e-6
-    lr_means_max_steps: int | None = None   # departure: None decays over the run (3DGS: 30000)
+    lr_means_max_steps: int | None = 30_000  # 3DGS; None decays over the run length instead
     lr_sh_dc: float = 2.5e-3
     lr_sh_rest: float = 2.5e-3 / 20
     lr_opacity: float = 0.025
