@@ -27,12 +27,20 @@ def get_compositor(name: str) -> Callable:
 
         return composite_cpu
     if name == "cuda":
-        raise TrsplatError("backend 'cuda' is not available yet in this version of trsplat")
+        from trsplat.render.composite_cuda import check_available, composite_cuda
+
+        check_available()  # TrsplatError without a GPU + numba-cuda (or the simulator)
+        return composite_cuda
     raise TrsplatError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 
 def default_backend() -> str:
     """``cuda`` when a GPU is present and supported, else ``cpu`` when its kernels import, else ``reference``."""
+    if torch.cuda.is_available():  # numba-cuda is only imported on machines with a GPU
+        from trsplat.render.composite_cuda import is_usable
+
+        if is_usable():
+            return "cuda"
     try:
         from trsplat.render import composite_cpu  # noqa: F401
     except ImportError:
