@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -42,11 +44,12 @@ def test_train_writes_all_outputs(tiny_scene, tmp_path) -> None:
 
 
 def _interrupt_at(monkeypatch, iteration: int) -> None:
+    """Send ourselves SIGINT (Ctrl-C) in the middle of ``iteration``."""
     original = Trainer.train_step
 
     def step(self, it):
         if it == iteration:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
         return original(self, it)
 
     monkeypatch.setattr(Trainer, "train_step", step)
@@ -58,9 +61,9 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_scene, tmp_path, monkey
     train(_config(tiny_scene, tmp_path / "full", **extra))
     with monkeypatch.context() as m:
         _interrupt_at(m, 9)
-        with pytest.raises(Exception, match="interrupted at iteration 8"):
+        with pytest.raises(Exception, match="interrupted at iteration 9"):
             train(_config(tiny_scene, tmp_path / "split", **extra))
-    assert torch.load(tmp_path / "split" / CHECKPOINT, weights_only=False)["iteration"] == 8
+    assert torch.load(tmp_path / "split" / CHECKPOINT, weights_only=False)["iteration"] == 9
     resume(tmp_path / "split")
     full = torch.load(tmp_path / "full" / CHECKPOINT, weights_only=False)
     split = torch.load(tmp_path / "split" / CHECKPOINT, weights_only=False)

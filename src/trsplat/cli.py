@@ -237,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrsplatError as exc:
         print(f"trsplat: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C during training: stop at once, keep the last checkpoint
+        print("trsplat: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -208,7 +208,7 @@ class Trainer:
         bar = tqdm(total=cfg.iters, initial=self.state.iteration, desc=f"train {self.scene.name}",
                    unit="it", dynamic_ncols=True, mininterval=0.5)
         loss_ema = psnr_ema = None
-        previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        stop = _StopRequest()
         try:
             while self.state.iteration < cfg.iters:
                 iteration = self.state.iteration + 1
@@ -228,23 +228,35 @@ class Trainer:
                     record = self.run_eval(iteration)
                     bar.write(f"[eval {iteration}] psnr {record['psnr']:.2f}  ssim {record['ssim']:.4f}"
                               + (f"  lpips {record['lpips']:.4f}" if "lpips" in record else ""))
-                if iteration in eval_at or iteration % cfg.checkpoint_every == 0:
+                if iteration in eval_at or iteration % cfg.checkpoint_every == 0 or stop.requested:
                     self.save_checkpoint()
-        except KeyboardInterrupt:
-            bar.close()
-            self.save_checkpoint()
-            raise TrsplatError(f"interrupted at iteration {self.state.iteration}; checkpoint saved, "
-                               f"continue with: trsplat train --resume {self.out}") from None
+                if stop.requested and iteration < cfg.iters:
+                    raise TrsplatError(f"interrupted at iteration {iteration}; checkpoint saved, "
+                                       f"continue with: trsplat train --resume {self.out}")
         finally:
-            signal.signal(signal.SIGTERM, previous_sigterm)
+            stop.restore()
             bar.close()
         save_ply(self.gaussians, self.out / PLY)
         self.save_checkpoint()
         return json.loads((self.out / METRICS).read_text())
 
 
-def _raise_keyboard_interrupt(signum, frame) -> None:  # SIGTERM is treated like Ctrl-C
-    raise KeyboardInterrupt
+class _StopRequest:
+    """Ctrl-C / SIGTERM handler: the first signal asks the loop to stop after the current iteration
+    (so the checkpoint holds a consistent state); a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
