@@ -64,17 +64,17 @@ def _check_estimator_converges(estimator, params, frame, residual_fn, jac, names
     mean, se = samples.mean(0), samples.std(0) / n ** 0.5
     assert torch.all((mean - diag).abs() <= 5 * se + 1e-12 * diag.abs().max())
     rel = (mean - diag).norm() / diag.norm()
-    assert rel < 0.1, rel
+    assert rel < 0.2, rel
     return samples
 
 
 def test_hutchinson_is_unbiased_for_gn_diagonal() -> None:
     params, frame, residual_fn, jac, names, _ = _tiny_problem()
-    samples = _check_estimator_converges(hutchinson, params, frame, residual_fn, jac, names, 600)
+    samples = _check_estimator_converges(hutchinson, params, frame, residual_fn, jac, names, 200)
     assert (samples < 0).any()  # single Hutchinson samples do go negative (spec §2.8)
 
 
 def test_gnb_is_unbiased_and_never_negative() -> None:
     params, frame, residual_fn, jac, names, _ = _tiny_problem()
-    samples = _check_estimator_converges(gauss_newton_bartlett, params, frame, residual_fn, jac, names, 600)
+    samples = _check_estimator_converges(gauss_newton_bartlett, params, frame, residual_fn, jac, names, 200)
     assert (samples >= 0).all()

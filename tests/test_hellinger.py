@@ -23,10 +23,12 @@ import pytest
 import torch
 
 from trsplat.gaussians import SH_C0
+from trsplat.optim import hellinger
 from trsplat.optim.hellinger import (
     KERNEL_SH_C0,
     TrustRegionConfig,
     clip_step,
+    cpu_unsupported_reason,
     gaussian_moments,
     hellinger_sq,
     normalized_hellinger_sq,
@@ -42,6 +44,23 @@ from trsplat.optim.hellinger import (
 F64 = torch.float64
 NAMES = ("means", "log_scales", "quats", "opacity_logits", "sh_dc", "sh_rest")
 EPS_LIST = (1e-3, 1e-5)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test runs with both implementations of clip_step (the torch reference and the numba
+    CPU fast path), except the tests that compare the two (test_cpu_*, test_backend_*), which
+    choose the backend per call."""
+    if not metafunc.function.__name__.startswith(("test_cpu_", "test_backend_")):
+        metafunc.parametrize("backend", ["torch", "cpu"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The default backend of clip_step for this test.  Forced (not "auto"), so an input the
+    fast path cannot take fails loudly instead of silently using the reference."""
+    name = getattr(request, "param", "auto")
+    monkeypatch.setattr(hellinger, "clip_backend", name)
+    return name
 
 
 # ------------------------------------------------------------------------------------------------
@@ -716,3 +735,206 @@ def test_bad_inputs() -> None:
     empty = {k: v[:0] for k, v in p.items()}
     cl, ob = clip_step(empty, {k: v.clone() for k, v in empty.items()}, 1e-3)
     assert all(v.numel() == 0 for v in cl.values())
+
+
+# ------------------------------------------------------------------------------------------------
+# the two implementations of clip_step: numba CPU fast path == torch reference, bit for bit
+# ------------------------------------------------------------------------------------------------
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view({torch.float16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}[t.dtype])
+
+
+def assert_same_clip(a: tuple[dict, dict], b: tuple[dict, dict]) -> None:
+    """Clipped steps identical bit for bit (signed zeros included), masks identical."""
+    (ca, ma), (cb, mb) = a, b
+    assert ca.keys() == cb.keys() == ma.keys() == mb.keys()
+    for name in ca:
+        assert ca[name].dtype == cb[name].dtype and ca[name].shape == cb[name].shape, name
+        diff = _bits(ca[name]) != _bits(cb[name])
+        assert not diff.any(), (name, int(diff.sum()), ca[name][diff][:5], cb[name][diff][:5])
+        assert torch.equal(ma[name], mb[name]), (name, int((ma[name] != mb[name]).sum()))
+
+
+def wild_population(n: int, seed: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """``extreme`` Gaussians with every kind of pathological raw value mixed into some rows:
+    exp over/underflow of the scales, isotropic scales (β = 0), zero/tiny/huge quaternions,
+    opacity logits far outside the box, colours at and beyond C ∈ {0, 1}, SH-rest coefficients at
+    and beyond ±0.5, and NaN/±inf in every parameter."""
+    p = population(n, seed, "extreme", dtype=F64)
+    nan, inf = float("nan"), float("inf")
+    ls, q, op, dc, rest = p["log_scales"], p["quats"], p["opacity_logits"], p["sh_dc"], p["sh_rest"]
+    ls[0:4] = torch.tensor([40.0, -40.0, 3.0])        # axis ratios e^80: sinh² ~ 1e69
+    ls[4:8] = torch.tensor([-400.0, 1.0, 2.0])        # exp(∓2 ln s) overflows/underflows float64
+    ls[8:14] = ls[8:14, :1]                           # isotropic: β = 0
+    ls[14:16, 1] = nan
+    ls[16:18, 2] = inf
+    ls[18:20, 0] = -inf
+    q[20:23] = 0.0
+    q[23:26] *= 1e-30
+    q[26:29] *= 1e30
+    q[29:31, 2] = nan
+    q[31:33, 0] = inf
+    q[33:35] = torch.tensor([0.0, 1.0, 0.0, 0.0])     # rotation by π about x: zero entries in R
+    op[35:75] = torch.linspace(-60.0, 60.0, 40)
+    op[75:77] = nan
+    op[77] = inf
+    op[78] = -inf
+    dc[80:84] = -0.5 / SH_C0                          # C = 0
+    dc[84:88] = 0.5 / SH_C0                           # C = 1
+    dc[88:90] = -3.0                                  # C < 0
+    dc[90:92] = 3.0                                   # C > 1
+    dc[92, 0, 1] = nan
+    dc[93, 0, 2] = inf
+    dc[94, 0, 0] = -inf
+    rest[95:99] = 0.5
+    rest[99:103] = -0.5
+    rest[103:105] = 0.8
+    rest[105:107] = -0.8
+    rest[107, 3, 1] = nan
+    rest[108, 7, 0] = inf
+    rest[109, 0, 2] = -inf
+    p["means"][110] = nan
+    return {k: v.to(dtype) for k, v in p.items()}
+
+
+def wild_steps(params: dict, seed: int, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """:func:`_random_steps` (log-uniform magnitudes, zeros, NaN, ±inf) plus −0 and steps that are
+    tiny (subnormal in float32) or huge."""
+    steps = _random_steps(params, seed)
+    for name, st in steps.items():
+        st = st.to(dtype or st.dtype)
+        flat = st.reshape(-1)
+        flat[3::37] = -0.0
+        flat[13::41] = 1e-42 if st.dtype == torch.float32 else 1e-310
+        flat[19::43] = -3e38
+        steps[name] = st
+    return steps
+
+
+BITWISE_CONFIGS = {
+    "default": TrustRegionConfig(),
+    "kernel_exact": TrustRegionConfig.kernel_exact(),
+    "paper_literal": TrustRegionConfig.paper_literal(),
+    "paper_bounds": TrustRegionConfig(bounds="paper"),
+    "no_mass_clamp": TrustRegionConfig(mass_clamp=None),
+    "no_quat_cap": TrustRegionConfig(quat_norm_cap=None),
+    "exact_mass": TrustRegionConfig(mass_bounds="exact", color_floor=0.0),
+    "no_color_box": TrustRegionConfig(color_box=False, rest_radius_from_box=True),
+    "boxed_rest": TrustRegionConfig(rest_radius_from_box=True, sh_c0=KERNEL_SH_C0),
+    "misc": TrustRegionConfig(opacity_box_mode="kernel", scale_min_ratio=None, split_budget=False,
+                              opacity_eps_scale=3.0, rest_ratio=7.0, quat_norm_cap=0.0,
+                              mass_clamp=(0.2, 0.7), opacity_box=(0.1, 0.8)),
+}
+
+
+@pytest.mark.parametrize("cfg_name", list(BITWISE_CONFIGS))
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cpu_matches_torch_bitwise(cfg_name: str, dtype: torch.dtype, seed: int) -> None:
+    """Fast path == reference on pathological Gaussians and steps, every option, several ε
+    (ε = 10 drives the ln guards, the scale guard and α-clamped radii into their limits)."""
+    cfg = BITWISE_CONFIGS[cfg_name]
+    params = wild_population(700, seed, dtype)
+    steps = wild_steps(params, seed + 10)
+    for eps in (1e-3, 1e-6, 10.0):
+        ref = clip_step(params, steps, eps, cfg, backend="torch")
+        assert_same_clip(clip_step(params, steps, eps, cfg, backend="cpu"), ref)
+        # the clipped steps lie exactly on their bounds: clipping them again changes nothing
+        again = clip_step(params, ref[0], eps, cfg, backend="cpu")
+        assert_same_clip(again, clip_step(params, ref[0], eps, cfg, backend="torch"))
+        if cfg.opacity_box_mode != "kernel":
+            for name in NAMES:
+                assert torch.equal(_bits(again[0][name]), _bits(ref[0][name])), name
+                assert not again[1][name].any(), name
+
+
+@pytest.mark.parametrize("param_dtype,step_dtype", [(torch.float32, F64), (F64, torch.float32)])
+def test_cpu_matches_torch_mixed_dtypes(param_dtype: torch.dtype, step_dtype: torch.dtype) -> None:
+    """Params and steps of different dtypes, and steps of different dtypes per parameter type."""
+    params = wild_population(300, 4, param_dtype)
+    steps = wild_steps(params, 5, step_dtype)
+    steps["sh_rest"] = steps["sh_rest"].to(param_dtype)
+    steps["quats"] = steps["quats"].to(param_dtype)
+    for cfg in (TrustRegionConfig(), TrustRegionConfig.kernel_exact()):
+        assert_same_clip(clip_step(params, steps, 1e-3, cfg, backend="cpu"),
+                         clip_step(params, steps, 1e-3, cfg, backend="torch"))
+
+
+def test_cpu_matches_torch_layouts_and_subsets() -> None:
+    """Non-contiguous params and steps, params that require grad, any subset of parameter types,
+    other SH-rest sizes (K = 3 and K = 0) and an empty population."""
+    base = wild_population(257, 6, torch.float32)
+    # non-contiguous views of the same values
+    params = {k: torch.stack([v, v], dim=1)[:, 0] for k, v in base.items()}  # strided views
+    assert not params["sh_rest"].is_contiguous()
+    params["log_scales"] = base["log_scales"].t().contiguous().t()
+    params["quats"] = base["quats"].clone().requires_grad_(True)
+    steps = {k: v.t().contiguous().t() if v.dim() == 2 else v for k, v in wild_steps(base, 7).items()}
+    cfg = TrustRegionConfig()
+    assert_same_clip(clip_step(params, steps, 1e-3, cfg, backend="cpu"),
+                     clip_step(base, steps, 1e-3, cfg, backend="torch"))
+    for names in (["sh_rest"], ["means", "quats"], ["quats"], ["sh_dc", "opacity_logits"], ["log_scales"]):
+        sub = {k: steps[k] for k in names}
+        assert_same_clip(clip_step(params, sub, 1e-4, cfg, backend="cpu"),
+                         clip_step(params, sub, 1e-4, cfg, backend="torch"))
+    for k_rest in (3, 0):
+        p = dict(base, sh_rest=base["sh_rest"][:, :k_rest].contiguous())
+        st = dict(steps, sh_rest=steps["sh_rest"][:, :k_rest].contiguous())
+        assert_same_clip(clip_step(p, st, 1e-3, cfg, backend="cpu"), clip_step(p, st, 1e-3, cfg, backend="torch"))
+    empty = {k: v[:0] for k, v in base.items()}
+    cl, ob = clip_step(empty, {k: v.clone() for k, v in empty.items()}, 1e-3, cfg, backend="cpu")
+    assert all(cl[k].shape == empty[k].shape and ob[k].shape == empty[k].shape for k in NAMES)
+
+
+def test_cpu_guarantees_on_wild_population() -> None:
+    """The clipping guarantees, checked on the fast path with pathological inputs: within the
+    reference bounds, inside steps bit-for-bit, |clipped| ≤ |step| and no sign flip, NaN → +0."""
+    for dtype in (torch.float32, F64):
+        params = wild_population(700, 8, dtype)
+        steps = wild_steps(params, 9)
+        for cfg in (TrustRegionConfig(), TrustRegionConfig.paper_literal(), TrustRegionConfig(mass_clamp=None)):
+            clipped, on_bound = clip_step(params, steps, 1e-3, cfg, backend="cpu")
+            bounds = step_bounds(params, 1e-3, cfg)
+            for name in NAMES:
+                st, cl = steps[name], clipped[name]
+                lo, hi = bounds[name]
+                nan = torch.isnan(st)
+                assert torch.equal(_bits(cl[nan]), _bits(torch.zeros_like(cl[nan]))), name
+                assert ((cl.double() >= lo) & (cl.double() <= hi)).all(), name
+                assert (lo <= 0).all() and (hi >= 0).all(), name
+                inside = ~on_bound[name] & ~nan
+                assert torch.equal(_bits(cl[inside]), _bits(st[inside])), name
+                ok = ~nan
+                assert (cl[ok].abs() <= st[ok].abs()).all(), name
+                assert (torch.sign(cl[ok]) * torch.sign(st[ok]) >= 0).all(), name
+
+
+def test_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto = the fast path for CPU tensors; unsupported inputs fall back to torch (auto) or raise
+    (cpu); unknown names raise."""
+    params = population(50, 0, "typical", dtype=torch.float32)
+    steps = _random_steps(params, 1)
+    cfg = TrustRegionConfig()
+    assert cpu_unsupported_reason(params, steps, cfg) is None
+
+    def no_torch(*args, **kwargs):
+        raise AssertionError("the torch implementation should not run")
+
+    monkeypatch.setattr(hellinger, "_clip_torch", no_torch)
+    clip_step(params, steps, 1e-3, cfg, backend="auto")
+    monkeypatch.undo()
+
+    unsupported = [
+        (params, steps, TrustRegionConfig(compute_dtype=torch.float32)),
+        (params, dict(steps, means=steps["means"].half()), cfg),
+        (dict(params, sh_dc=params["sh_dc"].reshape(50, 3)), {"sh_dc": steps["sh_dc"].reshape(50, 3)}, cfg),
+        (params, dict(steps, sh_rest=torch.zeros(params["sh_rest"].shape, device="meta")), cfg),
+    ]
+    for p, st, c in unsupported:
+        assert cpu_unsupported_reason(p, st, c) is not None
+        with pytest.raises(ValueError, match="clip backend 'cpu' cannot"):
+            clip_step(p, st, 1e-3, c, backend="cpu")
+    for p, st, c in unsupported[:2]:  # auto falls back to the reference
+        assert_same_clip(clip_step(p, st, 1e-3, c, backend="auto"), clip_step(p, st, 1e-3, c, backend="torch"))
+    with pytest.raises(ValueError, match="unknown clip backend"):
+        clip_step(params, steps, 1e-3, cfg, backend="numba")

@@ -74,7 +74,7 @@ Decisions on the kernel's pathologies (spec §2.7), each a documented option
    rewrites every scale/opacity step through exp/log or sigmoid/logit in float32, which quantises
    or even flips small steps.  We compute the raw-space interval [lo, hi] in float64 directly as
    differences (log1p(±thr/s), log1p(d/α) − log1p(−d/(1−α))), round it inwards (towards zero)
-   to the step's dtype, and return ``torch.clamp(step, lo, hi)``: a step inside the interval is returned
+   to the step's dtype and clip the step to it: a step inside the interval is returned
    bit-for-bit unchanged and a clipped step never exceeds the float64 radius.
 5. **Quaternion explosion** (``quat_norm_cap``, default 0.1).  For (near-)isotropic scales β_c ≈ 0,
    the Hellinger rotation radius is ~1e10 and raw quaternion norms explode (§2.8).  The kernel's
@@ -116,6 +116,28 @@ Opacity and colour meet the budget only to second order: the exact factor of a d
 (1 − sqrt(1 − 2u))²/u² (u = sqrt(ε′/mass)), i.e. 1 + u + O(u²), capped at 4 once the step reaches
 0 (u ≥ ½).  Colour channels below ``color_floor`` exceed it by design (decision 1): at C = 0 the
 factor is up to 2·sqrt(color_floor·α/(3ε)) (≈ 23 at ε = 1e-5, α = 1).
+
+Implementations (``clip_step(..., backend=...)``)
+-------------------------------------------------
+``"torch"`` is the vectorised reference (any device).  ``"cpu"`` runs the arithmetic in the numba
+kernels of :mod:`trsplat.optim.hellinger_cpu` (an order of magnitude faster); ``"auto"`` (the
+default, :data:`clip_backend`) takes it whenever :func:`cpu_unsupported_reason` allows (CPU
+tensors, float32/float64 params and steps, ``compute_dtype`` float64, standard parameter
+shapes; every option of :class:`TrustRegionConfig` is supported) and the reference otherwise.
+Both return bit-identical clipped steps and masks, signed zeros included, by construction:
+
+* on the CPU torch rounds exp, log, log1p, sinh and sigmoid, and even sqrt (MKL/Sleef), not
+  exactly, and its result may depend on an element's position in the tensor (vector body or
+  scalar tail), so numba's libm cannot reproduce them.  They are evaluated by the same torch
+  code on identically shaped tensors in both implementations (stage 1, :func:`_radius_table`:
+  the per-Gaussian terms, then the square roots of the position and rotation radicands);
+* everything else (the position and rotation radicands, i.e. rotation matrix, diagonal of Σ⁻¹
+  and β; the boxes, the SH-rest radius, NaN → 0, the inward rounding and the clip: stage 2,
+  :func:`_interval` and :func:`_clip_torch`) uses exactly rounded operations only (+, −, ×, ÷,
+  min/max, comparisons, float conversion), which the kernels perform in the same order;
+* torch's vector and scalar kernels break ``min(+0, −0)`` ties differently, so zero bounds are
+  canonicalised to +0, and every interval but opacity's with ``opacity_box_mode="kernel"`` is
+  made to contain 0 (which the radii guarantee anyway), so no result depends on a zero's sign.
 """
 
 from __future__ import annotations
@@ -132,7 +154,10 @@ from trsplat.gaussians import SH_C0
 __all__ = [
     "KERNEL_SH_C0",
     "TrustRegionConfig",
+    "CLIP_BACKENDS",
+    "clip_backend",
     "clip_step",
+    "cpu_unsupported_reason",
     "step_bounds",
     "radius_position",
     "radius_scale",
@@ -147,6 +172,13 @@ __all__ = [
 
 KERNEL_SH_C0 = 0.282
 """The truncated SH degree-0 constant hard-coded in the authors' trust-region kernel."""
+
+CLIP_BACKENDS = ("auto", "torch", "cpu")
+"""Implementations of :func:`clip_step` (see the module docstring, "Implementations")."""
+
+clip_backend = "auto"
+"""Default ``backend`` of :func:`clip_step`; set it to ``"torch"`` (or ``"cpu"``) to force one
+implementation everywhere, e.g. in tests."""
 
 _LN_FLOOR = 1e-20
 _BETA_FLOOR = 1e-20
@@ -278,13 +310,16 @@ def _alpha(opacity_logits: Tensor, cfg: TrustRegionConfig) -> Tensor:
     return torch.sigmoid(opacity_logits.to(cfg.compute_dtype))
 
 
-def _alpha_s(opacity_logits: Tensor, cfg: TrustRegionConfig) -> Tensor:
+def _alpha_s_of(alpha: Tensor, cfg: TrustRegionConfig) -> Tensor:
     """(N,) the mass used by the radii: clamp(α, *mass_clamp*) or α (kept > 0)."""
-    alpha = _alpha(opacity_logits, cfg)
     if cfg.mass_clamp is None:
         return alpha.clamp_min(torch.finfo(alpha.dtype).tiny)
     lo, hi = cfg.mass_clamp
     return alpha.clamp(lo, hi)
+
+
+def _alpha_s(opacity_logits: Tensor, cfg: TrustRegionConfig) -> Tensor:
+    return _alpha_s_of(_alpha(opacity_logits, cfg), cfg)
 
 
 def _neg_log_one_minus(x: Tensor) -> Tensor:
@@ -294,9 +329,8 @@ def _neg_log_one_minus(x: Tensor) -> Tensor:
 
 def _unit_quats(quats: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """(N,4) normalised quaternion and (N,) raw norm ‖q̃‖ (kept > 0), in ``dtype``."""
-    q = quats.to(dtype)
-    norm = q.norm(dim=-1).clamp_min(torch.finfo(dtype).tiny)
-    return q / norm[:, None], norm
+    norm = _quat_norm(quats, dtype)
+    return quats.to(dtype) / norm[:, None], norm
 
 
 def _rotation_matrix(qhat: Tensor) -> Tensor:
@@ -314,25 +348,67 @@ def _logit_shift(alpha: Tensor, one_minus_alpha: Tensor, d: Tensor) -> Tensor:
     return torch.log1p(d / alpha) - torch.log1p(-d / one_minus_alpha)
 
 
+def _canonical(x: Tensor) -> Tensor:
+    """NaN → 0 and −0 → +0; every other value (±inf included) unchanged."""
+    return torch.where(torch.isnan(x) | (x == 0), 0.0, x)
+
+
 def _round_inward(lo: Tensor, hi: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """[lo, hi] converted to ``dtype`` with lo rounded up and hi rounded down (so the result lies
-    inside the exact interval; for lo ≤ 0 ≤ hi this is rounding towards zero).  If rounding crosses
-    (an interval narrower than one ulp, possible only with ``opacity_box_mode="kernel"``), lo = hi."""
-    if lo.dtype == dtype:
-        return lo, hi
+    inside the exact interval; for lo ≤ 0 ≤ hi this is rounding towards zero).  If they cross (an
+    interval that contains no value of ``dtype``, hence not 0: only with
+    ``opacity_box_mode="kernel"``), lo = hi."""
     lo_t, hi_t = lo.to(dtype), hi.to(dtype)
-    low = lo_t.to(lo.dtype) < lo
-    if bool(low.any()):
-        lo_t = torch.where(low, torch.nextafter(lo_t, torch.full_like(lo_t, math.inf)), lo_t)
-    high = hi_t.to(hi.dtype) > hi
-    if bool(high.any()):
-        hi_t = torch.where(high, torch.nextafter(hi_t, torch.full_like(hi_t, -math.inf)), hi_t)
-    return torch.minimum(lo_t, hi_t), hi_t
+    if dtype != lo.dtype:
+        low = lo_t.to(lo.dtype) < lo
+        if bool(low.any()):
+            lo_t = torch.where(low, torch.nextafter(lo_t, torch.full_like(lo_t, math.inf)), lo_t)
+        high = hi_t.to(hi.dtype) > hi
+        if bool(high.any()):
+            hi_t = torch.where(high, torch.nextafter(hi_t, torch.full_like(hi_t, -math.inf)), hi_t)
+    return torch.where(lo_t > hi_t, hi_t, lo_t), hi_t
 
 
 # ----------------------------------------------------------------------------------------------
-# radii (physical units, before boxes)
+# radii (physical units, before boxes) -- stage 1 of the clip
+#
+# The position and rotation radii are square roots of "radicands" that are plain arithmetic on
+# a few per-Gaussian transcendental terms (_position_terms, _rotation_terms).  Both
+# implementations of the clip compute the terms and the square roots with the same torch calls;
+# the radicands are computed either by the explicit elementwise expressions below or by the
+# numba kernels of trsplat.optim.hellinger_cpu, which perform the same operations in the same
+# order (see the module docstring, "Implementations").
 # ----------------------------------------------------------------------------------------------
+_OMEGA_INDEX = torch.tensor([[1, 2, 3], [0, 3, 2], [3, 0, 1], [2, 1, 0]])
+"""|ω_{c,k}| = (2/‖q̃‖)·|q̂_j| with j = _OMEGA_INDEX[c, k]: the components of vec(q̂* ⊗ e_c),
+c = w, x, y, z (up to sign: for c = w they are (−x, −y, −z), x: (w, −z, y), y: (z, w, −x),
+z: (−y, x, w))."""
+
+
+def _quat_norm(quats: Tensor, dtype: torch.dtype) -> Tensor:
+    """(N,) raw quaternion norm ‖q̃‖, kept > 0."""
+    return torch.linalg.vector_norm(quats.to(dtype), dim=-1).clamp_min(torch.finfo(dtype).tiny)
+
+
+def _position_terms(log_scales: Tensor, alpha_s: Tensor, eps_p: float,
+                    cfg: TrustRegionConfig) -> tuple[Tensor, Tensor]:
+    """(e, nl): (N,3) e_k = exp(−2 ln s_k) (kernel: S⁻²) or exp(2 ln s_k) (paper: S²), and (N,)
+    nl = −ln(1 − ε_p/α_s)."""
+    ls = log_scales.to(cfg.compute_dtype)
+    e = torch.exp(-2.0 * ls) if cfg.bounds == "kernel" else torch.exp(2.0 * ls)
+    return e, _neg_log_one_minus(eps_p / alpha_s)
+
+
+def _position_radicand(quats: Tensor, norm: Tensor, e: Tensor, nl: Tensor, cfg: TrustRegionConfig) -> Tensor:
+    """(N,3) η_c² = 8·var_c·nl with var_c = 1/Σ_k R_ck² e_k = 1/(Σ⁻¹)_cc (kernel) or
+    Σ_k R_ck² e_k = Σ_cc (paper)."""
+    r = _rotation_matrix(quats.to(cfg.compute_dtype) / norm[:, None])
+    r2 = r * r
+    s = (r2[..., 0] * e[:, None, 0] + r2[..., 1] * e[:, None, 1]) + r2[..., 2] * e[:, None, 2]
+    var = torch.reciprocal(s) if cfg.bounds == "kernel" else s
+    return 8.0 * var * nl[:, None]
+
+
 def radius_position(log_scales: Tensor, quats: Tensor, opacity_logits: Tensor, eps: float,
                     cfg: TrustRegionConfig = TrustRegionConfig()) -> Tensor:
     """(N,3) Hellinger radius of each world-space mean coordinate, in world units.
@@ -340,25 +416,16 @@ def radius_position(log_scales: Tensor, quats: Tensor, opacity_logits: Tensor, e
     kernel: η_c = sqrt(8/(Σ⁻¹)_cc · (−ln(1 − ε_p/α_s))); paper: Σ_cc in place of 1/(Σ⁻¹)_cc.
     For the kernel form H²/det S = 2α·ε_p/α_s exactly at |Δµ_c| = η_c.
     """
-    dt = cfg.compute_dtype
-    eps_p = _budgets(eps, cfg)["pos"]
-    qhat, _ = _unit_quats(quats, dt)
-    rot2 = _rotation_matrix(qhat) ** 2                                  # R_ck²
-    ls = log_scales.to(dt)
+    e, nl = _position_terms(log_scales, _alpha_s(opacity_logits, cfg), _budgets(eps, cfg)["pos"], cfg)
+    norm = _quat_norm(quats, cfg.compute_dtype)
+    return torch.sqrt(_position_radicand(quats, norm, e, nl, cfg).contiguous())
+
+
+def _scale_ratio_of(alpha_s: Tensor, eps_s: float, cfg: TrustRegionConfig) -> Tensor:
+    """(N,) thr/s: kernel sqrt(4ε_s/(3α_s)), paper sqrt(2ε_s/α_s)."""
     if cfg.bounds == "kernel":
-        var = 1.0 / torch.einsum("nck,nk->nc", rot2, torch.exp(-2.0 * ls))  # 1/(Σ⁻¹)_cc
-    else:
-        var = torch.einsum("nck,nk->nc", rot2, torch.exp(2.0 * ls))         # Σ_cc
-    nl = _neg_log_one_minus(eps_p / _alpha_s(opacity_logits, cfg))
-    return torch.sqrt(8.0 * var * nl[:, None])
-
-
-def _scale_ratio(opacity_logits: Tensor, eps: float, cfg: TrustRegionConfig) -> Tensor:
-    """(N,1) thr/s: kernel sqrt(4ε_s/(3α_s)), paper sqrt(2ε_s/α_s)."""
-    eps_s = _budgets(eps, cfg)["scale"]
-    a = _alpha_s(opacity_logits, cfg)
-    k = torch.sqrt(4.0 * eps_s / (3.0 * a)) if cfg.bounds == "kernel" else torch.sqrt(2.0 * eps_s / a)
-    return k[:, None]
+        return torch.sqrt(4.0 * eps_s / (3.0 * alpha_s))
+    return torch.sqrt(2.0 * eps_s / alpha_s)
 
 
 def radius_scale(log_scales: Tensor, opacity_logits: Tensor, eps: float,
@@ -368,7 +435,35 @@ def radius_scale(log_scales: Tensor, opacity_logits: Tensor, eps: float,
     kernel: thr_c = s_c·sqrt(4ε_s/(3α_s)) (the exact 2nd-order bound, H²/det S ≈ 3αΔs²/(4s²));
     paper: s_c·sqrt(2ε_s/α_s).  The raw interval is [log(max(1 − thr/s, guard)), log(1 + thr/s)].
     """
-    return torch.exp(log_scales.to(cfg.compute_dtype)) * _scale_ratio(opacity_logits, eps, cfg)
+    k = _scale_ratio_of(_alpha_s(opacity_logits, cfg), _budgets(eps, cfg)["scale"], cfg)
+    return torch.exp(log_scales.to(cfg.compute_dtype)) * k[:, None]
+
+
+def _scale_interval(alpha_s: Tensor, eps_s: float, cfg: TrustRegionConfig) -> tuple[Tensor, Tensor]:
+    """(lo, hi), each (N,): the raw log-scale interval, the same for the three axes."""
+    k = _scale_ratio_of(alpha_s, eps_s, cfg)
+    hi = torch.log1p(k)
+    if cfg.scale_min_ratio is None:
+        lo = torch.where(k < 1.0, torch.log1p(-k.clamp_max(1.0)), -math.inf)
+    else:
+        lo = torch.log1p(-k.clamp_max(1.0 - cfg.scale_min_ratio))
+    return lo, hi
+
+
+def _sinh2(log_scales: Tensor, dtype: torch.dtype) -> Tensor:
+    """(N,3) sinh²(ln s_i − ln s_j) for the axis pair {i, j} orthogonal to k = 0, 1, 2."""
+    ls = log_scales.to(dtype)
+    sh = torch.sinh(torch.stack([ls[:, 1] - ls[:, 2], ls[:, 0] - ls[:, 2], ls[:, 0] - ls[:, 1]], dim=1))
+    return sh * sh
+
+
+def _rotation_beta(quats: Tensor, norm: Tensor, sinh2: Tensor, dtype: torch.dtype) -> Tensor:
+    """(N,4) β_c = 8·Σ_k ω_{c,k}²·sinh2_k (see :func:`rotation_beta`), summed k = 2, 1, 0."""
+    qhat = quats.to(dtype) / norm[:, None]
+    om = qhat[:, _OMEGA_INDEX.to(qhat.device)] * (torch.reciprocal(norm) * 2.0)[:, None, None]
+    om2 = om * om
+    return 8.0 * ((om2[..., 2] * sinh2[:, None, 2] + om2[..., 1] * sinh2[:, None, 1])
+                  + om2[..., 0] * sinh2[:, None, 0])
 
 
 def rotation_beta(log_scales: Tensor, quats: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -378,22 +473,26 @@ def rotation_beta(log_scales: Tensor, quats: Tensor, dtype: torch.dtype = torch.
     8·Σ_{i<j} ω_{c,k}²·sinh²(ln s_i − ln s_j) (k the axis orthogonal to i, j), ω_c = (2/‖q̃‖)·
     vec(q̂* ⊗ e_c).  Units: 1/(raw quaternion unit)².  Not floored (≥ 0 up to rounding).
     """
-    qhat, norm = _unit_quats(quats, dtype)
-    w, x, y, z = qhat.unbind(-1)
-    # vec(q̂* ⊗ e_c) for c = w, x, y, z  -> (N,4,3)
-    vec = torch.stack([
-        torch.stack([-x, -y, -z], -1),
-        torch.stack([w, -z, y], -1),
-        torch.stack([z, w, -x], -1),
-        torch.stack([-y, x, w], -1),
-    ], dim=1)
-    omega = vec * (2.0 / norm)[:, None, None]
-    ls = log_scales.to(dtype)
-    sh01 = torch.sinh(ls[:, 0] - ls[:, 1]) ** 2
-    sh02 = torch.sinh(ls[:, 0] - ls[:, 2]) ** 2
-    sh12 = torch.sinh(ls[:, 1] - ls[:, 2]) ** 2
-    om2 = omega ** 2
-    return 8.0 * (om2[..., 2] * sh01[:, None] + om2[..., 1] * sh02[:, None] + om2[..., 0] * sh12[:, None])
+    return _rotation_beta(quats, _quat_norm(quats, dtype), _sinh2(log_scales, dtype), dtype)
+
+
+def _rotation_terms(log_scales: Tensor, alpha_s: Tensor, eps_q: float,
+                    cfg: TrustRegionConfig) -> tuple[Tensor, Tensor]:
+    """(sinh2, nl): (N,3) :func:`_sinh2` and (N,) nl = −ln(max(1 − ε_q/α_s, 1e-20))."""
+    return _sinh2(log_scales, cfg.compute_dtype), _neg_log_one_minus(eps_q / alpha_s)
+
+
+def _rotation_radicand(quats: Tensor, norm: Tensor, sinh2: Tensor, nl: Tensor, cfg: TrustRegionConfig) -> Tensor:
+    """(N,4) thr_c² = (8/β_c)·nl before the cap, β_c floored at 1e-20."""
+    beta = _rotation_beta(quats, norm, sinh2, cfg.compute_dtype).clamp_min(_BETA_FLOOR)
+    return 8.0 * torch.reciprocal(beta) * nl[:, None]
+
+
+def _cap_rotation(thr: Tensor, norm: Tensor, cfg: TrustRegionConfig) -> Tensor:
+    """min(thr_c, ‖q̃‖·quat_norm_cap) when the cap is enabled."""
+    if cfg.quat_norm_cap is None:
+        return thr
+    return torch.minimum(thr, (norm * cfg.quat_norm_cap)[:, None])
 
 
 def radius_rotation(log_scales: Tensor, quats: Tensor, opacity_logits: Tensor, eps: float,
@@ -403,15 +502,19 @@ def radius_rotation(log_scales: Tensor, quats: Tensor, opacity_logits: Tensor, e
     thr_c = sqrt((8/β_c)·(−ln(max(1 − ε_q/α_s, 1e-20)))), β_c floored at 1e-20, then
     min(thr_c, ‖q̃‖·quat_norm_cap) when the cap is enabled.
     """
-    dt = cfg.compute_dtype
-    eps_q = _budgets(eps, cfg)["rot"]
-    beta = rotation_beta(log_scales, quats, dt).clamp_min(_BETA_FLOOR)
-    nl = _neg_log_one_minus(eps_q / _alpha_s(opacity_logits, cfg))
-    thr = torch.sqrt(8.0 / beta * nl[:, None])
-    if cfg.quat_norm_cap is not None:
-        _, norm = _unit_quats(quats, dt)
-        thr = torch.minimum(thr, (norm * cfg.quat_norm_cap)[:, None])
-    return thr
+    sinh2, nl = _rotation_terms(log_scales, _alpha_s(opacity_logits, cfg), _budgets(eps, cfg)["rot"], cfg)
+    norm = _quat_norm(quats, cfg.compute_dtype)
+    thr = torch.sqrt(_rotation_radicand(quats, norm, sinh2, nl, cfg).contiguous())
+    return _cap_rotation(thr, norm, cfg)
+
+
+def _opacity_radius_of(alpha: Tensor, eps_op: float, cfg: TrustRegionConfig) -> tuple[Tensor, Tensor]:
+    root = torch.sqrt(4.0 * alpha * eps_op)
+    if cfg.mass_bounds == "linear":
+        return root, root
+    up = root + eps_op
+    down = torch.where(alpha > eps_op, root - eps_op, alpha)
+    return down, up
 
 
 def radius_opacity(opacity_logits: Tensor, eps: float,
@@ -421,28 +524,31 @@ def radius_opacity(opacity_logits: Tensor, eps: float,
     linear: both sqrt(4·α·ε_op) (real α, no mass clamp).  exact: the interval
     √α′ ∈ [√α − √ε_op, √α + √ε_op], i.e. H²/det S = (√α′ − √α)² ≤ ε_op.  Before the box.
     """
-    eps_op = _budgets(eps, cfg)["op"]
-    alpha = _alpha(opacity_logits, cfg)
-    root = torch.sqrt(4.0 * alpha * eps_op)
-    if cfg.mass_bounds == "linear":
-        return root, root
-    up = root + eps_op
-    down = torch.where(alpha > eps_op, root - eps_op, alpha)
-    return down, up
+    return _opacity_radius_of(_alpha(opacity_logits, cfg), _budgets(eps, cfg)["op"], cfg)
 
 
-def radius_color(sh_dc: Tensor, opacity_logits: Tensor, eps: float,
-                 cfg: TrustRegionConfig = TrustRegionConfig()) -> tuple[Tensor, Tensor]:
-    """(down, up), each (N,1,3): DC-coefficient radius per channel, before the [0, 1] box.
+def _opacity_interval(opacity_logits: Tensor, alpha: Tensor, eps_op: float,
+                      cfg: TrustRegionConfig) -> tuple[Tensor, Tensor]:
+    """(lo, hi), each (N,): the raw opacity-logit interval, box included."""
+    one_minus = torch.sigmoid(-opacity_logits.to(cfg.compute_dtype))
+    down, up = _opacity_radius_of(alpha, eps_op, cfg)
+    blo, bhi = cfg.opacity_box
+    if cfg.opacity_box_mode == "kernel":
+        # kernel: clamp(clamp(α′, α−thr, α+thr), blo, bhi), in raw space (may not contain 0).
+        t_hi = (alpha + up).clamp(blo, bhi)
+        t_lo = (alpha - down).clamp(blo, bhi)
+        return _logit_shift(alpha, one_minus, t_lo - alpha), _logit_shift(alpha, one_minus, t_hi - alpha)
+    d_up = torch.minimum(up, bhi - alpha).clamp_min(0.0)
+    d_dn = torch.minimum(down, alpha - blo).clamp_min(0.0)
+    return _logit_shift(alpha, one_minus, -d_dn), _logit_shift(alpha, one_minus, d_up)
 
-    C = sh_c0·dc + 0.5, C_r = max(C, color_floor), ẽ = ε_c/α_s.  linear: both
-    sqrt(4·C_r·ẽ)/sh_c0; exact: √C′ ∈ √C_r ± √ẽ (H²/det S = α(√C′ − √C)² ≤ ε_c for C ≥ floor).
-    """
+
+def _color_radius_of(sh_dc: Tensor, alpha_s: Tensor, eps_c: float,
+                     cfg: TrustRegionConfig) -> tuple[Tensor, Tensor]:
     dt = cfg.compute_dtype
-    eps_c = _budgets(eps, cfg)["color"]
     color = cfg.sh_c0 * sh_dc.to(dt) + 0.5
     c_r = color.clamp_min(cfg.color_floor)
-    e = (eps_c / _alpha_s(opacity_logits, cfg))[:, None, None]
+    e = (eps_c / alpha_s)[:, None, None]
     root = torch.sqrt(4.0 * c_r * e)
     if cfg.mass_bounds == "linear":
         down = up = root
@@ -452,57 +558,115 @@ def radius_color(sh_dc: Tensor, opacity_logits: Tensor, eps: float,
     return down / cfg.sh_c0, up / cfg.sh_c0
 
 
-# ----------------------------------------------------------------------------------------------
-# raw-space intervals and clipping
-# ----------------------------------------------------------------------------------------------
-def _bounds_one(name: str, params: Mapping[str, Tensor], eps: float,
-                cfg: TrustRegionConfig) -> tuple[Tensor, Tensor]:
+def radius_color(sh_dc: Tensor, opacity_logits: Tensor, eps: float,
+                 cfg: TrustRegionConfig = TrustRegionConfig()) -> tuple[Tensor, Tensor]:
+    """(down, up), each (N,1,3): DC-coefficient radius per channel, before the [0, 1] box.
+
+    C = sh_c0·dc + 0.5, C_r = max(C, color_floor), ẽ = ε_c/α_s.  linear: both
+    sqrt(4·C_r·ẽ)/sh_c0; exact: √C′ ∈ √C_r ± √ẽ (H²/det S = α(√C′ − √C)² ≤ ε_c for C ≥ floor).
+    """
+    return _color_radius_of(sh_dc, _alpha_s(opacity_logits, cfg), _budgets(eps, cfg)["color"], cfg)
+
+
+def _radius_table(params: Mapping[str, Tensor], eps: float, cfg: TrustRegionConfig,
+                  names: Iterable[str], kernels=None) -> dict[str, tuple[Tensor, ...]]:
+    """Stage 1 of the clip: the per-Gaussian radii of the requested parameter types.
+
+    Entries (compute dtype): ``means`` (η,) (N,3); ``quats`` (thr,) (N,4), cap included;
+    ``log_scales`` and ``opacity_logits`` (lo, hi) of the raw interval, each (N,) (the
+    log-scale interval is the same for the three axes; the opacity box is included); ``color``
+    (down, up) of the DC coefficient before the box, each (N,1,3) (for ``sh_dc`` and ``sh_rest``).
+    Everything that needs exp/log/sigmoid/sqrt is here.  ``kernels``: the
+    :mod:`trsplat.optim.hellinger_cpu` module computes the position/rotation radicands (CPU fast
+    path, bit-identical), None: the torch expressions.
+    """
+    names = set(names)
     dt = cfg.compute_dtype
-    if name == "means":
-        eta = radius_position(params["log_scales"], params["quats"], params["opacity_logits"], eps, cfg)
-        return -eta, eta
-    if name == "log_scales":
-        n = params["opacity_logits"].shape[0]
-        k = _scale_ratio(params["opacity_logits"], eps, cfg).expand(n, 3)
-        hi = torch.log1p(k)
-        if cfg.scale_min_ratio is None:
-            lo = torch.where(k < 1.0, torch.log1p(-k.clamp_max(1.0)), torch.full_like(k, -math.inf))
+    b = _budgets(eps, cfg)
+    alpha = _alpha(params["opacity_logits"], cfg)
+    alpha_s = _alpha_s_of(alpha, cfg)
+    table: dict[str, tuple[Tensor, ...]] = {}
+    if "log_scales" in names:
+        table["log_scales"] = _scale_interval(alpha_s, b["scale"], cfg)
+    if "opacity_logits" in names:
+        table["opacity_logits"] = _opacity_interval(params["opacity_logits"], alpha, b["op"], cfg)
+    if names & {"sh_dc", "sh_rest"}:
+        table["color"] = _color_radius_of(params["sh_dc"], alpha_s, b["color"], cfg)
+    pos, rot = "means" in names, "quats" in names
+    if pos or rot:
+        # transcendental terms (torch) -> radicands (arithmetic: torch or numba) -> sqrt (torch)
+        quats = params["quats"]
+        norm = _quat_norm(quats, dt)
+        e, nl_pos = _position_terms(params["log_scales"], alpha_s, b["pos"], cfg) if pos else (None, None)
+        sinh2, nl_rot = _rotation_terms(params["log_scales"], alpha_s, b["rot"], cfg) if rot else (None, None)
+        if kernels is None:
+            rad_pos = _position_radicand(quats, norm, e, nl_pos, cfg) if pos else None
+            rad_rot = _rotation_radicand(quats, norm, sinh2, nl_rot, cfg) if rot else None
         else:
-            lo = torch.log1p(-torch.minimum(k, torch.full_like(k, 1.0 - cfg.scale_min_ratio)))
-        return lo, hi
-    if name == "quats":
-        thr = radius_rotation(params["log_scales"], params["quats"], params["opacity_logits"], eps, cfg)
-        return -thr, thr
-    if name == "opacity_logits":
-        raw = params["opacity_logits"].to(dt)
-        alpha, one_minus = torch.sigmoid(raw), torch.sigmoid(-raw)
-        down, up = radius_opacity(params["opacity_logits"], eps, cfg)
-        blo, bhi = cfg.opacity_box
-        if cfg.opacity_box_mode == "kernel":
-            # kernel: clamp(clamp(α′, α−thr, α+thr), blo, bhi), in raw space (may not contain 0).
-            t_hi = (alpha + up).clamp(blo, bhi)
-            t_lo = (alpha - down).clamp(blo, bhi)
-            return _logit_shift(alpha, one_minus, t_lo - alpha), _logit_shift(alpha, one_minus, t_hi - alpha)
-        d_up = torch.minimum(up, bhi - alpha).clamp_min(0.0)
-        d_dn = torch.minimum(down, alpha - blo).clamp_min(0.0)
-        return _logit_shift(alpha, one_minus, -d_dn), _logit_shift(alpha, one_minus, d_up)
-    if name in ("sh_dc", "sh_rest"):
-        down_h, up_h = radius_color(params["sh_dc"], params["opacity_logits"], eps, cfg)
+            rad_pos, rad_rot = _radicands_cpu(kernels, quats, norm, e, nl_pos, sinh2, nl_rot, cfg)
+        if pos:
+            table["means"] = (torch.sqrt(rad_pos.contiguous()),)
+        if rot:
+            table["quats"] = (_cap_rotation(torch.sqrt(rad_rot.contiguous()), norm, cfg),)
+    return table
+
+
+# ----------------------------------------------------------------------------------------------
+# raw-space intervals and clipping -- stage 2 (reference torch implementation)
+# ----------------------------------------------------------------------------------------------
+def _interval(name: str, params: Mapping[str, Tensor], table: Mapping[str, tuple[Tensor, ...]],
+              cfg: TrustRegionConfig) -> tuple[Tensor, Tensor]:
+    """Stage 2: the raw interval [lo, hi] of one parameter type, shaped like the parameter.
+
+    From the radius table: colour boxes, the SH-rest radius and its box, then
+    NaN → 0, −0 → +0 and (except opacity in ``opacity_box_mode="kernel"``) lo ≤ 0 ≤ hi.  The
+    last one holds by construction (every radius is ≥ 0 or NaN); enforcing it makes it a
+    guarantee both implementations rely on.  Only exactly rounded operations (+, −, ×, ÷,
+    min/max, comparisons); :mod:`trsplat.optim.hellinger_cpu` repeats them in the same order.
+    """
+    if name in ("means", "quats"):
+        (radius,) = table[name]
+        lo, hi = -radius, radius
+    elif name == "log_scales":
+        lo, hi = (t[:, None].expand(-1, 3) for t in table[name])
+    elif name == "opacity_logits":
+        lo, hi = table[name]
+    else:
+        down_h, up_h = table["color"]
         if cfg.color_box:
-            color = cfg.sh_c0 * params["sh_dc"].to(dt) + 0.5
+            color = cfg.sh_c0 * params["sh_dc"].to(cfg.compute_dtype) + 0.5
             up = torch.minimum(up_h, ((1.0 - color) / cfg.sh_c0).clamp_min(0.0))
             down = torch.minimum(down_h, (color / cfg.sh_c0).clamp_min(0.0))
         else:
             up, down = up_h, down_h
         if name == "sh_dc":
-            return -down, up
-        sh = params["sh_rest"].to(dt)
-        base = torch.minimum(up, down) if cfg.rest_radius_from_box else torch.minimum(up_h, down_h)
-        thr = (base / cfg.rest_ratio).expand_as(sh)
-        if cfg.color_box:
-            return -torch.minimum(thr, (sh + 0.5).clamp_min(0.0)), torch.minimum(thr, (0.5 - sh).clamp_min(0.0))
-        return -thr, thr
-    raise KeyError(f"unknown Gaussian parameter {name!r}; expected one of {', '.join(_PARAM_NAMES)}")
+            lo, hi = -down, up
+        else:
+            sh = params["sh_rest"].to(cfg.compute_dtype)
+            base = torch.minimum(up, down) if cfg.rest_radius_from_box else torch.minimum(up_h, down_h)
+            thr = (base / cfg.rest_ratio).expand_as(sh)
+            if cfg.color_box:
+                lo = -torch.minimum(thr, (sh + 0.5).clamp_min(0.0))
+                hi = torch.minimum(thr, (0.5 - sh).clamp_min(0.0))
+            else:
+                lo, hi = -thr, thr
+    lo, hi = _canonical(lo), _canonical(hi)
+    if not (name == "opacity_logits" and cfg.opacity_box_mode == "kernel"):
+        lo, hi = lo.clamp_max(0.0), hi.clamp_min(0.0)
+    return lo, hi
+
+
+def _check_request(params: Mapping[str, Tensor], eps: float, names: Iterable[str]) -> tuple[str, ...]:
+    """Validate ε and the requested parameter types (known, with the params they depend on)."""
+    _check_eps(eps)
+    names = tuple(names)
+    for name in names:
+        if name not in _NEEDS:
+            raise KeyError(f"unknown Gaussian parameter {name!r}; expected one of {', '.join(_PARAM_NAMES)}")
+        missing = [k for k in _NEEDS[name] if k not in params]
+        if missing:
+            raise KeyError(f"clipping {name!r} needs params {', '.join(missing)}")
+    return names
 
 
 def step_bounds(params: Mapping[str, Tensor], eps: float, cfg: TrustRegionConfig = TrustRegionConfig(),
@@ -510,27 +674,19 @@ def step_bounds(params: Mapping[str, Tensor], eps: float, cfg: TrustRegionConfig
     """Raw-space step intervals ``{name: (lo, hi)}`` in ``cfg.compute_dtype``, shaped like the params.
 
     Radii, boxes and guards included.  Always lo ≤ 0 ≤ hi, except for opacity with
-    ``opacity_box_mode="kernel"``.  Entries that cannot be computed (NaN) are 0.  ``names`` selects
-    the parameter types (default: all six); ``params`` must contain what they depend on.
+    ``opacity_box_mode="kernel"``.  Entries that cannot be computed (NaN) are 0 (and zeros are
+    +0).  ``names`` selects the parameter types (default: all six); ``params`` must contain what
+    they depend on.
     """
-    _check_eps(eps)
-    names = tuple(_PARAM_NAMES if names is None else names)
-    out: dict[str, tuple[Tensor, Tensor]] = {}
-    for name in names:
-        if name not in _NEEDS:
-            raise KeyError(f"unknown Gaussian parameter {name!r}; expected one of {', '.join(_PARAM_NAMES)}")
-        missing = [k for k in _NEEDS[name] if k not in params]
-        if missing:
-            raise KeyError(f"clipping {name!r} needs params {', '.join(missing)}")
-        with torch.no_grad():
-            lo, hi = _bounds_one(name, params, eps, cfg)
-            out[name] = (torch.nan_to_num(lo, nan=0.0, posinf=math.inf, neginf=-math.inf),
-                         torch.nan_to_num(hi, nan=0.0, posinf=math.inf, neginf=-math.inf))
-    return out
+    names = _check_request(params, eps, _PARAM_NAMES if names is None else names)
+    with torch.no_grad():
+        table = _radius_table(params, eps, cfg, names)
+        return {name: _interval(name, params, table, cfg) for name in names}
 
 
 def clip_step(params: Mapping[str, Tensor], step: Mapping[str, Tensor], eps: float,
-              cfg: TrustRegionConfig | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+              cfg: TrustRegionConfig | None = None, *,
+              backend: str | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Clip a proposed raw step to the Hellinger trust region, one coordinate at a time.
 
     Args:
@@ -538,36 +694,166 @@ def clip_step(params: Mapping[str, Tensor], step: Mapping[str, Tensor], eps: flo
         step: proposed raw steps for any subset of the parameter names, same shapes; not modified.
         eps: trust-region parameter ε ≥ 0 (ε = 0 freezes everything).
         cfg: options; default :class:`TrustRegionConfig`.
+        backend: ``"torch"`` (vectorised reference, any device), ``"cpu"`` (numba kernels of
+            :mod:`trsplat.optim.hellinger_cpu`; raises ``ValueError`` when not applicable, see
+            :func:`cpu_unsupported_reason`) or ``"auto"`` (``"cpu"`` where applicable, else
+            ``"torch"``).  ``None``: the module default :data:`clip_backend` (``"auto"``).  Both
+            give bit-identical results.
 
     Returns:
         ``(clipped, on_bound)``: new tensors with the keys of ``step``.  ``clipped[name]`` has the
-        step's dtype; entries strictly inside their interval are returned bit-for-bit, others are
-        the interval end (rounded inwards, i.e. towards zero, in the step's dtype); NaN entries are 0.
-        ``on_bound[name]`` is a bool mask of the entries that were reduced by the trust region
-        or a box.
+        step's dtype; entries inside their interval are returned bit-for-bit, others are the
+        interval end (rounded inwards, i.e. towards zero, in the step's dtype; a zero end is +0);
+        NaN entries are +0.  ``on_bound[name]`` is a bool mask of the entries that were reduced
+        by the trust region or a box.
     """
     cfg = TrustRegionConfig() if cfg is None else cfg
-    bounds = step_bounds(params, eps, cfg, names=step.keys())
+    backend = clip_backend if backend is None else backend
+    if backend not in CLIP_BACKENDS:
+        raise ValueError(f"unknown clip backend {backend!r}; choose one of {', '.join(CLIP_BACKENDS)}")
+    names = _check_request(params, eps, step.keys())
+    if backend != "torch":
+        reason = cpu_unsupported_reason(params, step, cfg)
+        if reason is None:
+            return _clip_cpu(params, step, eps, cfg, names)
+        if backend == "cpu":
+            raise ValueError(f"clip backend 'cpu' cannot clip this step: {reason}")
+    return _clip_torch(params, step, eps, cfg, names)
+
+
+def _clip_torch(params: Mapping[str, Tensor], step: Mapping[str, Tensor], eps: float,
+                cfg: TrustRegionConfig, names: tuple[str, ...]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The reference implementation of :func:`clip_step` (vectorised torch, any device)."""
     clipped: dict[str, Tensor] = {}
     on_bound: dict[str, Tensor] = {}
     with torch.no_grad():
+        table = _radius_table(params, eps, cfg, names)
         for name, st in step.items():
-            lo, hi = bounds[name]
-            if tuple(lo.shape) != tuple(st.shape):
-                raise ValueError(f"step {name!r} has shape {tuple(st.shape)}, params imply {tuple(lo.shape)}")
-            if not st.dtype.is_floating_point:
-                raise ValueError(f"step {name!r} must be a floating-point tensor, got {st.dtype}")
+            lo, hi = _interval(name, params, table, cfg)
+            _check_step(name, st, tuple(lo.shape))
             lo_t, hi_t = _round_inward(lo, hi, st.dtype)
-            nan = torch.isnan(st)
-            out = torch.clamp(st, lo_t, hi_t)
-            hit = (st < lo_t) | (st > hi_t)
+            below, above = st < lo_t, st > hi_t          # both False for NaN
+            out = torch.where(below, lo_t, torch.where(above, hi_t, st))
+            hit = below | above
             if name == "opacity_logits" and cfg.opacity_box_mode == "kernel":
                 zero = st == 0
                 out = torch.where(zero, st, out)
                 hit = hit & ~zero
-            clipped[name] = torch.where(nan, torch.zeros_like(st), out)
-            on_bound[name] = hit & ~nan
+            clipped[name] = torch.where(torch.isnan(st), torch.zeros_like(st), out)
+            on_bound[name] = hit
     return clipped, on_bound
+
+
+def _check_step(name: str, st: Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(st.shape) != shape:
+        raise ValueError(f"step {name!r} has shape {tuple(st.shape)}, params imply {shape}")
+    if not st.dtype.is_floating_point:
+        raise ValueError(f"step {name!r} must be a floating-point tensor, got {st.dtype}")
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU fast path (numba kernels of trsplat.optim.hellinger_cpu)
+# ----------------------------------------------------------------------------------------------
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+def _param_shapes(params: Mapping[str, Tensor], names: Iterable[str]) -> dict[str, tuple[int, ...]] | None:
+    """Shapes of the params that clipping ``names`` reads, if they have the standard layout
+    (opacity (N,), log_scales (N,3), quats (N,4), sh_dc (N,1,3), sh_rest (N,K,3)), else None."""
+    needed = {k for name in names for k in _NEEDS[name]}
+    n = params["opacity_logits"].shape[0] if params["opacity_logits"].dim() == 1 else -1
+    k = params["sh_rest"].shape[1] if "sh_rest" in needed and params["sh_rest"].dim() == 3 else -1
+    standard = {"opacity_logits": (n,), "log_scales": (n, 3), "quats": (n, 4), "sh_dc": (n, 1, 3),
+                "sh_rest": (n, k, 3)}
+    if n < 0 or any(tuple(params[p].shape) != standard[p] for p in needed):
+        return None
+    return standard
+
+
+def cpu_unsupported_reason(params: Mapping[str, Tensor], step: Mapping[str, Tensor],
+                           cfg: TrustRegionConfig) -> str | None:
+    """Why the ``"cpu"`` backend of :func:`clip_step` cannot clip ``step``, or None if it can.
+
+    It needs CPU tensors, float32/float64 params and steps, ``cfg.compute_dtype == float64`` and
+    the standard parameter shapes (see :func:`_param_shapes`; the steps themselves are checked
+    as in the reference).  Every other option of :class:`TrustRegionConfig` is supported.
+    """
+    if cfg.compute_dtype != torch.float64:
+        return f"compute_dtype must be float64, got {cfg.compute_dtype}"
+    needed = [params[k] for k in sorted({k for name in step for k in _NEEDS[name]})]
+    if any(t.device.type != "cpu" for t in needed + list(step.values())):
+        return "all params and steps must be CPU tensors"
+    # (a step that is not floating point at all is rejected by the checks both backends share)
+    if any(t.dtype not in _KERNEL_DTYPES for t in needed) or any(
+            t.dtype.is_floating_point and t.dtype not in _KERNEL_DTYPES for t in step.values()):
+        return "params and steps must be float32 or float64"
+    if _param_shapes(params, step) is None:
+        return "params do not have the standard shapes (N,), (N,3), (N,4), (N,1,3), (N,K,3)"
+    return None
+
+
+def _clip_cpu(params: Mapping[str, Tensor], step: Mapping[str, Tensor], eps: float,
+              cfg: TrustRegionConfig, names: tuple[str, ...]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """:func:`clip_step` with the arithmetic in the numba kernels of :mod:`trsplat.optim.hellinger_cpu`."""
+    from trsplat.optim import hellinger_cpu as kernels  # imports numba on first use
+
+    shapes = _param_shapes(params, names)
+    assert shapes is not None
+    expected = dict(shapes, means=shapes["log_scales"])
+    for name, st in step.items():
+        _check_step(name, st, expected[name])
+    n = expected["opacity_logits"][0]
+    clipped: dict[str, Tensor] = {}
+    on_bound: dict[str, Tensor] = {}
+    with torch.no_grad():
+        table = _radius_table(params, eps, cfg, names, kernels=kernels) if n else {}
+        for name, st in step.items():
+            st = st.detach().contiguous()
+            out = torch.empty_like(st, memory_format=torch.contiguous_format)
+            hit = torch.empty(st.shape, dtype=torch.bool)
+            clipped[name], on_bound[name] = out, hit
+            if n == 0:
+                continue
+            s, o, h = st.numpy(), out.numpy(), hit.numpy()
+            if name in ("means", "quats"):
+                kernels.clip_symmetric(_np(table[name][0]), s, o, h)
+            elif name in ("log_scales", "opacity_logits"):
+                m = 3 if name == "log_scales" else 1   # both as (N, m): one compiled kernel
+                lo, hi = (_np(t[:, None].expand(n, m)) for t in table[name])
+                kernel_opacity = name == "opacity_logits" and cfg.opacity_box_mode == "kernel"
+                kernels.clip_interval(lo, hi, kernel_opacity, s.reshape(n, m), o.reshape(n, m), h.reshape(n, m))
+            else:
+                down_h, up_h = (_np(t).reshape(n, 3) for t in table["color"])
+                dc = _np(params["sh_dc"]).reshape(n, 3)
+                if name == "sh_dc":
+                    kernels.clip_color_dc(dc, down_h, up_h, cfg.sh_c0, cfg.color_box, s.reshape(n, 3),
+                                          o.reshape(n, 3), h.reshape(n, 3))
+                else:
+                    m = 3 * st.shape[1]
+                    kernels.clip_color_rest(dc, down_h, up_h, _np(params["sh_rest"]).reshape(n, m), cfg.sh_c0,
+                                            cfg.color_box, cfg.rest_radius_from_box, float(cfg.rest_ratio),
+                                            s.reshape(n, m), o.reshape(n, m), h.reshape(n, m))
+    return clipped, on_bound
+
+
+def _np(t: Tensor):
+    """A C-contiguous numpy view (or copy) of a CPU tensor."""
+    return t.detach().contiguous().numpy()
+
+
+def _radicands_cpu(kernels, quats: Tensor, norm: Tensor, e: Tensor | None, nl_pos: Tensor | None,
+                   sinh2: Tensor | None, nl_rot: Tensor | None,
+                   cfg: TrustRegionConfig) -> tuple[Tensor | None, Tensor | None]:
+    """:func:`_position_radicand` and :func:`_rotation_radicand` (either may be skipped by passing
+    None terms) in one numba pass, bit-identical."""
+    n, dt = norm.shape[0], cfg.compute_dtype
+    rad_pos = torch.empty((n if e is not None else 0, 3), dtype=dt)
+    rad_rot = torch.empty((n if sinh2 is not None else 0, 4), dtype=dt)
+    none3, none1 = torch.empty((0, 3), dtype=dt), torch.empty(0, dtype=dt)
+    kernels.radicands(_np(quats), _np(norm), _np(none3 if e is None else e), _np(none1 if nl_pos is None else nl_pos),
+                      _np(none3 if sinh2 is None else sinh2), _np(none1 if nl_rot is None else nl_rot),
+                      cfg.bounds == "kernel", rad_pos.numpy(), rad_rot.numpy())
+    return (rad_pos if e is not None else None), (rad_rot if sinh2 is not None else None)
 
 
 # ----------------------------------------------------------------------------------------------
