@@ -13,6 +13,11 @@ import torch
 
 from trsplat.render.project import TILE_SIZE, tile_rect
 
+try:
+    from trsplat.render.cpu_tiles import bin_splats_counting as _counting
+except ImportError:  # numba missing: torch implementation only
+    _counting = None
+
 
 @dataclass
 class TileBins:
@@ -34,12 +39,26 @@ class TileBins:
 def bin_splats(
     means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor, width: int, height: int
 ) -> TileBins:
-    """Build the sorted per-tile splat lists for splats with 2D means (V, 2), radii (V,), depths (V,)."""
+    """Build the sorted per-tile splat lists for splats with 2D means (V, 2), radii (V,), depths (V,).
+
+    On the CPU this uses the O(V log V + M) counting sort of :mod:`trsplat.render.cpu_tiles`
+    (identical output); elsewhere, or without numba, the torch version below.
+    """
     device = means2d.device
     grid_x = (width + TILE_SIZE - 1) // TILE_SIZE
     grid_y = (height + TILE_SIZE - 1) // TILE_SIZE
-    n_tiles = grid_x * grid_y
     x0, x1, y0, y1 = tile_rect(means2d, radii, width, height)
+    if device.type == "cpu" and _counting is not None:
+        found = _counting(x0, x1, y0, y1, depths, grid_x, grid_y)
+        if found is not None:
+            return TileBins(found[0], found[1], grid_x, grid_y)
+    return _bin_splats_torch(x0, x1, y0, y1, depths, grid_x, grid_y)
+
+
+def _bin_splats_torch(x0, x1, y0, y1, depths, grid_x: int, grid_y: int) -> TileBins:
+    """Expand every (splat, tile) pair, then two stable sorts (by depth, then by tile)."""
+    device = x0.device
+    n_tiles = grid_x * grid_y
     w = (x1 - x0).clamp(min=0)
     counts = w * (y1 - y0).clamp(min=0)
     total = int(counts.sum())

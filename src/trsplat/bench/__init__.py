@@ -1,0 +1,1 @@
+"""Benchmarks: rendering speed per backend (:mod:`trsplat.bench.render_bench`)."""

@@ -1,0 +1,806 @@
+"""``trsplat bench render``: time forward, backward (VJP) and forward-mode JVP of ``render()``.
+
+For each case (a scene size) and each backend it measures, on the full :func:`trsplat.render.render`
+(projection + SH + binning + compositing):
+
+* ``forward_s``: ``render()`` with parameters that require grad (the autograd graph is built);
+* ``backward_s``: ``(image · cotangent).sum().backward()`` after that forward;
+* ``jvp_s``: ``render()`` under ``torch.autograd.forward_ad.dual_level()`` with a random tangent
+  on every raw parameter (primal + tangent);
+
+each the median of ``repeats`` runs after a warm-up run. Backends are compositing backends, plus
+``cpu+cpu_project``: the ``cpu`` backend with :func:`trsplat.render.cpu_project.project_cpu`
+(projection with numba VJP/JVP kernels, bit-identical primal) patched into ``render()`` in the
+worker process, i.e. what ``cpu`` gives once ``render()`` uses it. Every (case, backend) runs in its own
+Python process, so ``peak_rss_bytes`` (VmHWM) is that case's peak and nothing is shared between
+cases. The numba JIT compile time of the ``cpu`` kernels is measured separately, in a process
+with an empty numba cache (``compile_s.cold``) and with the on-disk cache (``compile_s.cached``).
+
+The reference backend is skipped where its estimated time for one forward + backward + JVP
+(padded (pixel, splat) pairs × a calibrated cost per pair) exceeds ``max_reference_s``, or its
+estimated peak memory (the autograd graph keeps every (pixel, splat) intermediate, ~70 bytes a
+pair) exceeds 60% of the RAM; the case then has ``"skipped": "<reason>"`` and null timings. Where one reference iteration takes more
+than 30 s, only 2 timed repeats are made.
+
+The machine is described in ``machine``; each case also records the load average and, on Linux,
+the CPU pressure (``/proc/pressure/cpu``) before and after it, because timings on a shared
+machine are only comparable when nothing else runs.
+
+Scenes are synthetic and trained-looking: Gaussians uniformly in a ball in front of the camera,
+anisotropic log-normal scales whose median projected standard deviation is ~1.5 px (a splat
+covers tens of pixels), random rotations, bimodal random opacities and SH colours of degree 3.
+One real camera is taken from ``nerf_synthetic_chair`` (frame 0 of ``transforms_train.json``, or
+of ``transforms_test.json`` when the training file is absent) with 100k random Gaussians in the
+±1.3 cube, scaled like the 3DGS initialisation (3-nearest-neighbour distance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+DEFAULT_DATA = Path(__file__).resolve().parents[4] / "shared" / "data" / "nerf_synthetic_chair"
+if not DEFAULT_DATA.exists():  # installed elsewhere: fall back to the project's shared folder
+    DEFAULT_DATA = Path("/work/shared/data/nerf_synthetic_chair")
+
+# Cost per padded (pixel, splat) pair of the reference compositor for forward + backward + JVP
+# of one render (~8 s for 1.0e8 pairs at N=100k, 400x400 on an idle 2-core AMD EPYC, several
+# times more on a busy one), and its peak memory with autograd (~68 bytes per pair: 6.8 GB at
+# N=100k, 400x400). Only used to decide whether to skip a reference case.
+REFERENCE_S_PER_PAIR = 1.0e-7
+REFERENCE_BYTES_PER_PAIR = 70.0
+REFERENCE_MAX_MEMORY_FRACTION = 0.6
+
+
+@dataclass
+class BenchCase:
+    """One benchmark scene: ``kind`` is "synthetic" or "chair"."""
+
+    name: str
+    n_gaussians: int
+    width: int
+    height: int
+    kind: str = "synthetic"
+    seed: int = 0
+
+
+DEFAULT_CASES = (
+    BenchCase("synthetic-10k-200", 10_000, 200, 200),
+    BenchCase("synthetic-100k-400", 100_000, 400, 400),
+    BenchCase("synthetic-300k-800", 300_000, 800, 800),
+    BenchCase("chair-100k-800", 100_000, 800, 800, kind="chair"),
+)
+
+
+# -- scenes -------------------------------------------------------------------------------------
+def _random_appearance(n: int, gen, log_scale_median: "torch.Tensor | float"):
+    import torch
+
+    from trsplat.gaussians import Gaussians
+
+    log_scales = log_scale_median + 0.5 * torch.randn(n, 1, generator=gen) + 0.3 * torch.randn(n, 3, generator=gen)
+    # bimodal opacities, like a trained 3DGS scene (many nearly transparent, many nearly opaque)
+    logits = torch.where(torch.rand(n, generator=gen) < 0.5,
+                         -2.0 + 1.5 * torch.randn(n, generator=gen),
+                         2.5 + 1.5 * torch.randn(n, generator=gen))
+    return Gaussians(
+        means=torch.zeros(n, 3),
+        log_scales=log_scales,
+        quats=torch.randn(n, 4, generator=gen),
+        opacity_logits=logits,
+        sh_dc=0.8 * torch.randn(n, 1, 3, generator=gen),
+        sh_rest=0.05 * torch.randn(n, 15, 3, generator=gen),
+    )
+
+
+def synthetic_scene(n: int, width: int, height: int, seed: int = 0, sigma_px: float = 1.5):
+    """``n`` Gaussians in the unit ball, seen from distance 3 with a 50° horizontal field of view.
+
+    Median projected standard deviation ``sigma_px`` pixels. Returns (Gaussians, Camera).
+    """
+    import torch
+
+    from trsplat.camera import Camera, look_at
+
+    gen = torch.Generator().manual_seed(seed)
+    dirs = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen), dim=-1)
+    radius = torch.rand(n, 1, generator=gen) ** (1.0 / 3.0)
+    means = dirs * radius
+    dist = 3.0
+    fx = 0.5 * width / math.tan(math.radians(25.0))
+    scale = sigma_px * dist / fx
+    g = _random_appearance(n, gen, math.log(scale))
+    g.means = means
+    w2c = look_at(torch.tensor([0.0, 0.0, -dist]), torch.zeros(3), torch.tensor([0.0, -1.0, 0.0]))
+    cam = Camera(width, height, fx, fx, width / 2.0, height / 2.0, w2c, name="synthetic")
+    return g, cam
+
+
+def chair_camera(data_dir: str | os.PathLike = DEFAULT_DATA):
+    """Frame 0 of the Blender capture in ``data_dir`` as a :class:`Camera`, or None if absent.
+
+    Returns (camera, source file name).
+    """
+    import numpy as np
+    import torch
+
+    from trsplat.camera import Camera
+
+    data_dir = Path(data_dir)
+    for name in ("transforms_train.json", "transforms_test.json"):
+        path = data_dir / name
+        if path.is_file():
+            break
+    else:
+        return None
+    meta = json.loads(path.read_text())
+    frame = meta["frames"][0]
+    c2w = np.array(frame["transform_matrix"], dtype=np.float64)
+    c2w[:3, 1:3] *= -1.0  # OpenGL (x right, y up, z back) -> OpenCV (x right, y down, z forward)
+    w2c = np.linalg.inv(c2w)
+    width = height = 800
+    fx = 0.5 * width / math.tan(0.5 * float(meta["camera_angle_x"]))
+    cam = Camera(width, height, fx, fx, width / 2.0, height / 2.0,
+                 torch.from_numpy(w2c).float(), name=f"{data_dir.name}/{frame['file_path']}")
+    return cam, name
+
+
+def chair_scene(n: int, seed: int = 0, data_dir: str | os.PathLike = DEFAULT_DATA):
+    """``n`` random Gaussians in the ±1.3 cube seen from the chair's frame 0, or None."""
+    import torch
+
+    from trsplat.gaussians import mean_knn_distance
+
+    found = chair_camera(data_dir)
+    if found is None:
+        return None
+    cam, _ = found
+    gen = torch.Generator().manual_seed(seed)
+    means = (torch.rand(n, 3, generator=gen) * 2.0 - 1.0) * 1.3
+    log_knn = torch.log(mean_knn_distance(means))
+    g = _random_appearance(n, gen, log_knn[:, None] - 0.5)
+    g.means = means
+    return g, cam
+
+
+def make_scene(case: BenchCase, data_dir=DEFAULT_DATA):
+    if case.kind == "synthetic":
+        return synthetic_scene(case.n_gaussians, case.width, case.height, case.seed)
+    if case.kind == "chair":
+        return chair_scene(case.n_gaussians, case.seed, data_dir)
+    raise ValueError(f"unknown bench case kind {case.kind!r}")
+
+
+# -- machine --------------------------------------------------------------------------------------
+def machine_memory_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def machine_info() -> dict[str, Any]:
+    import numba
+    import numpy
+    import torch
+
+    model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    mem = machine_memory_bytes()
+    return {
+        "cpu_model": model,
+        "cores": cores,
+        "memory_bytes": mem,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "numba": numba.__version__,
+        "numba_threads": numba.get_num_threads(),
+        "numba_threading_layer": _threading_layer(),
+        "numpy": numpy.__version__,
+    }
+
+
+def _threading_layer() -> str | None:
+    try:
+        from trsplat.render import cpu_kernels  # noqa: F401 (compiles/loads the kernels)
+        import numba
+
+        return numba.threading_layer()
+    except Exception:  # threading layer only known after a parallel kernel ran
+        return None
+
+
+def _rss(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# -- measurement ----------------------------------------------------------------------------------
+def _median_time(fn, repeats: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def reference_padded_pairs(bins) -> int:
+    """(pixel, splat) pairs the reference compositor evaluates, with its batching and padding."""
+    counts = (bins.tile_offsets[1:] - bins.tile_offsets[:-1]).sort(descending=True).values
+    counts = counts[counts > 0].tolist()
+    max_pairs, pix = 1 << 22, 256
+    total, start = 0, 0
+    while start < len(counts):
+        k_max = counts[start]
+        n_batch = max(1, min(len(counts) - start, max_pairs // (pix * k_max)))
+        total += n_batch * pix * k_max
+        start += n_batch
+    return total
+
+
+def _load() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    try:
+        out["loadavg"] = list(os.getloadavg())
+    except OSError:
+        pass
+    try:
+        out["cpu_pressure_some_avg10"] = float(
+            Path("/proc/pressure/cpu").read_text().split()[1].split("=")[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return out
+
+
+def measure_case(case: BenchCase, backend: str, repeats: int = 5, max_reference_s: float = 150.0,
+                 data_dir=DEFAULT_DATA) -> dict[str, Any]:
+    """Time one (case, backend) in this process. See the module docstring for the fields."""
+    import torch
+    import torch.autograd.forward_ad as fwAD
+
+    from trsplat.gaussians import Gaussians
+    from trsplat.render import render
+    from trsplat.render.backends import get_compositor
+    from trsplat.render.project import project
+    from trsplat.render.tiles import bin_splats
+
+    project_fn = project
+    compositor = backend
+    if backend.endswith("+cpu_project"):
+        # render() with trsplat.render.cpu_project.project_cpu in place of project(): what the
+        # cpu backend gives once render() is wired to use it (patched in this worker only)
+        from trsplat.render.cpu_project import project_cpu
+
+        compositor = backend.split("+")[0]
+        project_fn = project_cpu
+        render.__globals__["project"] = project_cpu
+    result: dict[str, Any] = {
+        "case": case.name, "backend": backend, "n_gaussians": case.n_gaussians,
+        "width": case.width, "height": case.height, "kind": case.kind,
+        "forward_s": None, "backward_s": None, "jvp_s": None, "peak_rss_bytes": None,
+    }
+    scene = make_scene(case, data_dir)
+    if scene is None:
+        result["skipped"] = f"data not found: {data_dir}"
+        return result
+    g, cam = scene
+    if case.kind == "chair":
+        result["camera"] = cam.name
+        result["camera_file"] = chair_camera(data_dir)[1]
+    torch.manual_seed(case.seed + 1)
+    cot = torch.randn(cam.height, cam.width, 3)
+    tangents = {k: torch.randn_like(v) for k, v in g.params().items()}
+
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        proj = project(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh, cam, 3)
+        t1 = time.perf_counter()
+        bins = bin_splats(proj.means2d, proj.radii, proj.depths, cam.width, cam.height)
+        t2 = time.perf_counter()
+    result["n_visible"] = int(proj.ids.numel())
+    result["n_intersections"] = int(bins.splat_ids.numel())
+    pairs = reference_padded_pairs(bins)
+    if backend == "reference":
+        est = pairs * REFERENCE_S_PER_PAIR
+        mem = pairs * REFERENCE_BYTES_PER_PAIR
+        total = machine_memory_bytes()
+        result["reference_estimated_s_per_iteration"] = est
+        result["reference_estimated_peak_bytes"] = mem
+        reasons = []
+        if est > max_reference_s:
+            reasons.append(f"estimated {est:.0f} s per forward+backward+JVP > "
+                           f"max_reference_s={max_reference_s:.0f}")
+        if total and mem > REFERENCE_MAX_MEMORY_FRACTION * total:
+            reasons.append(f"estimated peak memory {mem / 2**30:.0f} GiB > "
+                           f"{REFERENCE_MAX_MEMORY_FRACTION:.0%} of {total / 2**30:.0f} GiB RAM")
+        if reasons:
+            result["skipped"] = "reference skipped: " + "; ".join(reasons)
+            result["peak_rss_bytes"] = _rss("VmHWM")
+            return result
+    rss_scene = _rss("VmRSS")
+    result["load_before"] = _load()
+
+    g_req = g.clone().requires_grad_()
+    state: dict[str, Any] = {}
+
+    def fwd():
+        state["out"] = render(g_req, cam, backend=compositor)
+
+    def bwd():
+        for v in g_req.params().values():
+            v.grad = None
+        (state.pop("out").image * cot).sum().backward()
+
+    def jvp():
+        with fwAD.dual_level():
+            gd = Gaussians.from_params({k: fwAD.make_dual(v, tangents[k]) for k, v in g.params().items()})
+            out = render(gd, cam, backend=compositor)
+            state["tangent"] = fwAD.unpack_dual(out.image).tangent
+
+    def fwd_bwd():
+        fwd()
+        bwd()
+
+    # warm-up (loads the JIT cache, allocator), then timed runs
+    t0w = time.perf_counter()
+    fwd_bwd()
+    jvp()
+    warm = time.perf_counter() - t0w
+    result["warmup_s"] = warm
+    reps = repeats if (backend != "reference" or warm < 30.0) else max(1, min(repeats, 2))
+    result["repeats"] = reps
+    f_times, b_times = [], []
+    for _ in range(reps):
+        ta = time.perf_counter()
+        fwd()
+        tb = time.perf_counter()
+        bwd()
+        tc = time.perf_counter()
+        f_times.append(tb - ta)
+        b_times.append(tc - tb)
+    result["forward_s"] = statistics.median(f_times)
+    result["backward_s"] = statistics.median(b_times)
+    result["jvp_s"], j_times = _median_time(jvp, reps)
+    result["forward_min_s"], result["backward_min_s"], result["jvp_min_s"] = (
+        min(f_times), min(b_times), min(j_times))
+    result["forward_backward_s"] = result["forward_s"] + result["backward_s"]
+    result["jvp_over_forward"] = result["jvp_s"] / result["forward_s"]
+
+    # stage breakdown of a no-grad forward (projection+SH, binning, compositing)
+    composite = get_compositor(compositor)
+    with torch.no_grad():
+        features = torch.cat([proj.colors, proj.depths[:, None]], dim=1)
+        bg = torch.tensor([1.0, 1.0, 1.0, 0.0])
+
+        def comp():
+            composite(proj.means2d, proj.conics, features, proj.opacities, bins,
+                      cam.width, cam.height, bg)
+
+        def proj_fn():
+            project_fn(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh, cam, 3)
+
+        def bin_fn():
+            bin_splats(proj.means2d, proj.radii, proj.depths, cam.width, cam.height)
+
+        result["stage_project_s"], _ = _median_time(proj_fn, reps)
+        result["stage_bin_s"], _ = _median_time(bin_fn, reps)
+        result["stage_composite_s"], _ = _median_time(comp, reps)
+    result["first_project_s"] = t1 - t0
+    result["first_bin_s"] = t2 - t1
+    result["reference_padded_pairs"] = pairs
+    result["rss_after_scene_bytes"] = rss_scene
+    result["peak_rss_bytes"] = _rss("VmHWM")
+    result["load_after"] = _load()
+    return result
+
+
+def measure_compile() -> dict[str, float]:
+    """Time the first call of each ``cpu`` kernel in this process (JIT compile or cache load)."""
+    import torch
+
+    t0 = time.perf_counter()
+    from trsplat.render import composite_cpu as cc  # noqa: F401
+    from trsplat.render import cpu_kernels as K
+
+    t_import = time.perf_counter() - t0
+    import numpy as np
+
+    g = np.zeros((1, 10), dtype=np.float32)
+    g[0, :6] = (0.0, 0.0, 1.0, 0.0, 1.0, 0.5)
+    sid = np.zeros(1, dtype=np.int64)
+    off = np.array([0, 1], dtype=np.int64)
+    bg = np.ones(4, dtype=np.float32)
+    out: dict[str, float] = {"import_s": t_import}
+
+    def timed(name, fn, *args):
+        ta = time.perf_counter()
+        res = K.run_parallel(fn, *args) if name in ("forward", "jvp", "backward") else fn(*args)
+        out[name + "_s"] = time.perf_counter() - ta
+        return res
+
+    boxes = np.empty((1, 4), dtype=np.int32)
+    timed("boxes", K.splat_boxes, g, 4, 4, boxes)
+    img = np.empty((4, 4, 4), np.float32)
+    tf = np.empty((4, 4), np.float64)
+    nu = np.empty((4, 4), np.int32)
+    timed("forward", K.forward_kernel, g, boxes, sid, off, 1, 1, 4, 4, bg, img, tf, nu)
+    timed("jvp", K.jvp_kernel, g, g.copy(), boxes, sid, off, 1, 1, 4, 4, bg, img, tf, nu,
+          img.copy(), tf.astype(np.float32))
+    ent = np.empty((1, 10), np.float32)
+    timed("backward", K.backward_kernel, g, boxes, sid, off, 1, 1, 4, 4, bg, tf, nu, img,
+          tf.astype(np.float32), ent)
+    timed("reduce", K.reduce_entries, sid, ent, 1, 2)
+
+    # tile binning (counting sort) and the projection's VJP / JVP kernels
+    import torch.autograd.forward_ad as fwAD
+
+    from trsplat.render.cpu_project import project_cpu
+    from trsplat.render.tiles import bin_splats
+
+    g, cam = synthetic_scene(50, 32, 32)
+    ta = time.perf_counter()
+    bin_splats(torch.rand(50, 2) * 32, torch.full((50,), 3), torch.rand(50) + 1.0, 32, 32)
+    out["binning_s"] = time.perf_counter() - ta
+    gg = g.clone().requires_grad_()
+    p = project_cpu(gg.means, gg.log_scales, gg.quats, gg.opacity_logits, gg.sh, cam, 3)
+    ta = time.perf_counter()
+    p.conics.sum().backward()
+    out["project_vjp_s"] = time.perf_counter() - ta
+    ta = time.perf_counter()
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(g.means, torch.ones_like(g.means))
+        project_cpu(dual, g.log_scales, g.quats, g.opacity_logits, g.sh, cam, 3)
+    out["project_jvp_s"] = time.perf_counter() - ta
+    out["total_s"] = sum(v for k, v in out.items() if k != "total_s")
+    return out
+
+
+# -- profile of a training-like iteration -----------------------------------------------------------
+def profile_iteration(n: int = 100_000, size: int = 200, backend: str = "cpu", iters: int = 5,
+                      seed: int = 0) -> dict[str, float]:
+    """cProfile of ``iters`` iterations of render → L1 loss → backward; seconds per iteration.
+
+    ``backend`` may be ``cpu+cpu_project`` (see :func:`measure_case`). The breakdown uses the
+    cumulative times of the functions that make up a render; ``backward_torch_ops`` is the part
+    of ``backward()`` spent in torch's own autograd formulas (projection, SH, loss, glue).
+    """
+    import cProfile
+    import pstats
+
+    import torch
+
+    from trsplat.render import render
+
+    compositor = backend
+    if backend.endswith("+cpu_project"):
+        from trsplat.render.cpu_project import project_cpu
+
+        compositor = backend.split("+")[0]
+        render.__globals__["project"] = project_cpu
+    g, cam = synthetic_scene(n, size, size, seed)
+    g = g.requires_grad_()
+    target = torch.rand(size, size, 3, generator=torch.Generator().manual_seed(seed))
+
+    def step():
+        for v in g.params().values():
+            v.grad = None
+        out = render(g, cam, backend=compositor)
+        loss = (out.image - target).abs().mean()
+        loss.backward()
+
+    step()
+    step()
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    for _ in range(iters):
+        step()
+    prof.disable()
+    wall = (time.perf_counter() - t0) / iters
+    stats = pstats.Stats(prof).stats
+
+    def cum(file_part: str, name: str) -> float:
+        return sum(v[3] for k, v in stats.items() if file_part in k[0] and k[2] == name) / iters
+
+    out = {
+        "iteration_s": wall,
+        "render_forward_s": cum("render/__init__", "render"),
+        "project_forward_s": cum("render/project", "project"),
+        "sh_forward_s": cum("render/sh", "eval_sh"),
+        "binning_s": cum("render/tiles", "bin_splats"),
+        "composite_forward_s": cum("composite_cpu", "forward") if compositor == "cpu" else
+        cum("composite_reference", "composite_reference"),
+        "backward_total_s": cum("autograd", "_engine_run_backward"),
+        "composite_backward_s": cum("composite_cpu", "backward"),
+        "project_backward_kernels_s": cum("cpu_project", "backward"),
+    }
+    out["backward_torch_ops_s"] = (out["backward_total_s"] - out["composite_backward_s"]
+                                   - out["project_backward_kernels_s"])
+    out["other_s"] = out["iteration_s"] - out["render_forward_s"] - out["backward_total_s"]
+    return out
+
+
+# -- orchestration --------------------------------------------------------------------------------
+def wait_for_quiet(max_pressure: float, timeout_s: float, poll_s: float = 5.0) -> float | None:
+    """Wait until the 10 s CPU pressure (Linux PSI) is below ``max_pressure`` percent.
+
+    Returns the pressure when it returned (None where PSI is unavailable); gives up after
+    ``timeout_s`` seconds (the case then records the pressure it ran under).
+    """
+    t_end = time.monotonic() + timeout_s
+    while True:
+        p = _load().get("cpu_pressure_some_avg10")
+        if p is None or p < max_pressure or time.monotonic() >= t_end:
+            return p
+        time.sleep(poll_s)
+
+
+def _run_worker(task: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "trsplat.bench.render_bench", "--worker", json.dumps(task)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": (proc.stderr or proc.stdout)[-2000:], "returncode": proc.returncode}
+    return json.loads(lines[-1])
+
+
+def _worker_main(task: dict[str, Any]) -> dict[str, Any]:
+    if task["what"] == "compile":
+        return measure_compile()
+    if task["what"] == "profile":
+        return profile_iteration(task["n"], task["size"], task["backend"])
+    case = BenchCase(**task["case"])
+    return measure_case(case, task["backend"], task["repeats"], task["max_reference_s"],
+                        task["data_dir"])
+
+
+def run_render_bench(
+    out_path: str | os.PathLike | None,
+    cases: Iterable[BenchCase] | None = None,
+    backends: Sequence[str] = ("cpu", "cpu+cpu_project", "reference"),
+    repeats: int = 5,
+    *,
+    max_reference_s: float = 150.0,
+    data_dir: str | os.PathLike = DEFAULT_DATA,
+    isolate: bool = True,
+    quiet_pressure: float | None = None,
+    quiet_timeout_s: float = 900.0,
+    log=print,
+) -> dict[str, Any]:
+    """Run the benchmark, write ``out_path`` (JSON, atomically) and return the result dict.
+
+    Args:
+        cases: scenes to time (default :data:`DEFAULT_CASES`).
+        backends: compositing backends to compare.
+        repeats: timed runs per measurement (median reported), after one warm-up run.
+        max_reference_s: skip a reference case whose estimated time for one forward + backward
+            + JVP exceeds this many seconds.
+        isolate: run each (case, backend) in a fresh process (per-case peak RSS); if False,
+            everything runs in this process and ``peak_rss_bytes`` is the process peak so far.
+        quiet_pressure: on a shared machine, wait before each case (up to ``quiet_timeout_s``)
+            until the CPU pressure (``/proc/pressure/cpu`` avg10, percent) is below this.
+    """
+    cases = list(DEFAULT_CASES if cases is None else cases)
+    result: dict[str, Any] = {"machine": machine_info(), "cases": [], "compile_s": {},
+                              "settings": {"repeats": repeats, "backends": list(backends),
+                                           "max_reference_s": max_reference_s,
+                                           "isolated_processes": isolate,
+                                           "command": " ".join(sys.argv)}}
+    if any(b.startswith("cpu") for b in backends):
+        if isolate:
+            with tempfile.TemporaryDirectory() as cache_dir:
+                env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+                result["compile_s"]["cold"] = _run_worker({"what": "compile"}, env)
+            result["compile_s"]["cached"] = _run_worker({"what": "compile"})
+        else:
+            result["compile_s"]["this_process"] = measure_compile()
+        log(f"compile: {json.dumps(result['compile_s'])}")
+    for case in cases:
+        for backend in backends:
+            task = {"what": "case", "case": asdict(case), "backend": backend, "repeats": repeats,
+                    "max_reference_s": max_reference_s, "data_dir": str(data_dir)}
+            if quiet_pressure is not None:
+                waited = time.monotonic()
+                p = wait_for_quiet(quiet_pressure, quiet_timeout_s)
+                task_note = {"waited_for_quiet_s": time.monotonic() - waited, "pressure_at_start": p}
+            else:
+                task_note = {}
+            log(f"running {case.name} / {backend} ...")
+            if isolate:
+                res = _run_worker(task)
+                res.setdefault("case", case.name)
+                res.setdefault("backend", backend)
+                res.setdefault("n_gaussians", case.n_gaussians)
+                res.setdefault("width", case.width)
+                res.setdefault("height", case.height)
+            else:
+                res = _worker_main(task)
+            res.update(task_note)
+            result["cases"].append(res)
+            log("  " + _row(res))
+            if out_path is not None:
+                _write(out_path, result)
+    _add_speedups(result)
+    if out_path is not None:
+        _write(out_path, result)
+    return result
+
+
+def _write(path, data) -> None:
+    from trsplat.io_utils import write_json
+
+    write_json(path, data)
+
+
+def _add_speedups(result: dict[str, Any]) -> None:
+    by_case: dict[str, dict[str, dict]] = {}
+    for c in result["cases"]:
+        by_case.setdefault(c.get("case"), {})[c.get("backend")] = c
+    for per in by_case.values():
+        ref = per.get("reference")
+        if not ref or ref.get("forward_s") is None:
+            continue
+        for backend, c in per.items():
+            if backend == "reference" or c.get("forward_s") is None:
+                continue
+            c["speedup_forward_backward_vs_reference"] = (
+                (ref["forward_s"] + ref["backward_s"]) / (c["forward_s"] + c["backward_s"]))
+            c["speedup_jvp_vs_reference"] = ref["jvp_s"] / c["jvp_s"]
+
+
+def _fmt(x, unit="s") -> str:
+    if x is None:
+        return "—"
+    if unit == "s":
+        return f"{x * 1000:.1f} ms" if x < 1 else f"{x:.2f} s"
+    if unit == "x":
+        return f"{x:.1f}x"
+    if unit == "MiB":
+        return f"{x / 2**20:.0f}"
+    return str(x)
+
+
+def _row(c: dict[str, Any]) -> str:
+    note = c.get("skipped") or c.get("error", "")
+    if note:
+        note = " ".join(str(note).split())[:120]
+    return (f"| {c.get('case', '?')} | {c.get('backend')} | {c.get('n_gaussians')} | "
+            f"{c.get('width')}x{c.get('height')} | {_fmt(c.get('forward_s'))} | "
+            f"{_fmt(c.get('backward_s'))} | {_fmt(c.get('jvp_s'))} | "
+            f"{_fmt(c.get('jvp_over_forward'), 'x')} | "
+            f"{_fmt(c.get('speedup_forward_backward_vs_reference'), 'x')} | "
+            f"{_fmt(c.get('peak_rss_bytes'), 'MiB')} | {note} |")
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Markdown table of a :func:`run_render_bench` result."""
+    m = result.get("machine", {})
+    lines = [
+        f"Machine: {m.get('cpu_model')}, {m.get('cores')} cores; torch {m.get('torch')}, "
+        f"numba {m.get('numba')}, Python {m.get('python')}",
+        "",
+        "| case | backend | N | size | forward | backward | JVP | JVP/fwd | fwd+bwd speed-up | "
+        "peak RSS MiB | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [_row(c) for c in result["cases"]]
+    comp = result.get("compile_s", {})
+    for key, val in comp.items():
+        if isinstance(val, dict) and "total_s" in val:
+            parts = ", ".join(f"{k[:-2]} {v:.2f} s" for k, v in val.items() if k.endswith("_s"))
+            lines.append("")
+            lines.append(f"cpu kernels first call ({key}): {parts}")
+    return "\n".join(lines)
+
+
+# -- command line ---------------------------------------------------------------------------------
+def _parse_case(text: str) -> BenchCase:
+    """``N:WxH`` (synthetic) or ``chair:N`` ."""
+    try:
+        if text.startswith("chair"):
+            n = int(text.split(":")[1]) if ":" in text else 100_000
+            return BenchCase(f"chair-{n // 1000}k-800", n, 800, 800, kind="chair")
+        n_txt, size = text.split(":")
+        n = int(float(n_txt.lower().replace("k", "e3").replace("m", "e6")))
+        w, h = (int(v) for v in size.lower().split("x"))
+        return BenchCase(f"synthetic-{n_txt}-{w}x{h}", n, w, h)
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"bad case {text!r}: use N:WxH (e.g. 100k:400x400) or chair[:N]") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``trsplat bench render``."""
+    parser.add_argument("--out", default="render_bench.json", help="JSON file to write (default: render_bench.json)")
+    parser.add_argument("--backends", default="cpu,cpu+cpu_project,reference",
+                        help="comma-separated compositing backends; 'cpu+cpu_project' is the cpu "
+                             "backend with the numba-differentiated projection patched into "
+                             "render() (default: cpu,cpu+cpu_project,reference)")
+    parser.add_argument("--case", dest="cases", action="append", type=_parse_case, default=None,
+                        help="scene N:WxH (synthetic) or chair[:N]; repeatable (default: 10k:200x200, "
+                             "100k:400x400, 300k:800x800, chair:100k)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
+    parser.add_argument("--max-reference-s", type=float, default=150.0,
+                        help="skip a reference case whose forward+backward+JVP is estimated to take "
+                             "longer than this many seconds (default: 150)")
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="nerf_synthetic chair folder")
+    parser.add_argument("--no-isolate", dest="isolate", action="store_false",
+                        help="run all cases in this process (peak RSS is then cumulative)")
+    parser.add_argument("--wait-quiet", type=float, default=None, metavar="PCT",
+                        help="on a shared machine: before each case wait (up to 15 min) until the "
+                             "10 s CPU pressure (/proc/pressure/cpu) is below PCT percent")
+    parser.add_argument("--profile", metavar="N:WxH", default=None,
+                        help="instead of the benchmark, cProfile render -> L1 -> backward for each "
+                             "backend at this size and print where the time goes")
+
+
+def main(args: argparse.Namespace) -> int:
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if getattr(args, "profile", None):
+        case = _parse_case(args.profile)
+        rows = {}
+        for backend in backends:
+            if backend == "reference" and case.n_gaussians * case.width * case.height > 4e9:
+                continue
+            task = {"what": "profile", "n": case.n_gaussians, "size": case.width, "backend": backend}
+            if args.wait_quiet is not None:
+                wait_for_quiet(args.wait_quiet, 900.0)
+            rows[backend] = _run_worker(task) if args.isolate else _worker_main(task)
+        keys = sorted({k for r in rows.values() for k in r})
+        print("| seconds per iteration | " + " | ".join(rows) + " |")
+        print("|---|" + "---|" * len(rows))
+        for k in keys:
+            print(f"| {k} | " + " | ".join(
+                f"{r[k]:.4f}" if isinstance(r.get(k), float) else str(r.get(k)) for r in rows.values()) + " |")
+        if args.out:
+            _write(args.out, {"machine": machine_info(), "profile": rows, "case": asdict(case)})
+        return 0
+    result = run_render_bench(args.out, cases=args.cases, backends=backends, repeats=args.repeats,
+                              max_reference_s=args.max_reference_s, data_dir=args.data,
+                              isolate=args.isolate, quiet_pressure=args.wait_quiet)
+    print()
+    print(format_table(result))
+    print(f"\nwrote {args.out}")
+    return 0 if not any("error" in c for c in result["cases"]) else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "--worker":
+        print(json.dumps(_worker_main(json.loads(sys.argv[2]))))
+        sys.exit(0)
+    _p = argparse.ArgumentParser(prog="python -m trsplat.bench.render_bench")
+    add_arguments(_p)
+    sys.exit(main(_p.parse_args()))
