@@ -25,7 +25,7 @@ import torch
 
 from trsplat.gaussians import Gaussians
 from trsplat.optim.adam import GaussianAdam
-from trsplat.optim.curvature import CurvatureEstimator, ResidualFn
+from trsplat.optim.curvature import CurvatureEstimator
 from trsplat.optim.hellinger import TrustRegionConfig, clip_step
 from trsplat.optim.schedules import exponential_decay
 
