@@ -542,7 +542,7 @@ def profile_iteration(n: int = 100_000, size: int = 200, backend: str = "cpu", i
         "project_forward_s": cum("render/project", "project"),
         "sh_forward_s": cum("render/sh", "eval_sh"),
         "binning_s": cum("render/tiles", "bin_splats"),
-        "composite_forward_s": cum("composite_cpu", "forward") if compositor == "cpu" else
+        "composite_forward_s": cum("composite_cpu", "composite_cpu") if compositor == "cpu" else
         cum("composite_reference", "composite_reference"),
         "backward_total_s": cum("autograd", "_engine_run_backward"),
         "composite_backward_s": cum("composite_cpu", "backward"),
@@ -619,7 +619,7 @@ def run_render_bench(
                               "settings": {"repeats": repeats, "backends": list(backends),
                                            "max_reference_s": max_reference_s,
                                            "isolated_processes": isolate,
-                                           "command": " ".join(sys.argv)}}
+                                           "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}}
     if any(b.startswith("cpu") for b in backends):
         if isolate:
             with tempfile.TemporaryDirectory() as cache_dir:

@@ -10,8 +10,8 @@ All kernels share one structure (see ``docs/backends_cpu.md``):
 * every per-(pixel, splat) decision (power > 0, α < 1/255, α clamp at 0.99, the T < 1e-4 stop)
   is evaluated with the same float32 operations, in the same order, as the reference
   compositor; transmittance is carried in float64 and rounded to float32 where the reference
-  (whose ``torch.cumprod`` accumulates in double on CPU) rounds it, and ``exp`` is computed in
-  double and rounded once (correctly rounded, as close to torch's float32 ``exp`` as possible).
+  (whose ``torch.cumprod`` accumulates in double on CPU) rounds it; ``exp`` is libm's float32
+  ``expf`` (one ulp from torch's vectorised ``exp`` on ~1% of arguments).
 
 Splat parameters are packed as one (V, 6 + C) float32 array ``gdata`` with columns
 ``[mean_x, mean_y, conic_a, conic_b, conic_c, opacity, feature_0 .. feature_{C-1}]``.
@@ -54,7 +54,7 @@ def run_parallel(fn, *args):
         return fn(*args)
 
 
-@njit(parallel=True, fastmath=False, cache=True)
+@njit(parallel=True, fastmath=False, cache=True, error_model="numpy")
 def splat_boxes(gdata, width, height, boxes):
     """Conservative inclusive pixel box [x0, x1] × [y0, y1] of each splat's α ≥ 1/255 region.
 
@@ -138,7 +138,7 @@ def _power_floor(o):
     return np.float32(math.log(np.float64(ALPHA_MIN) / np.float64(o)) - 1e-4)
 
 
-@njit(parallel=True, fastmath=False, cache=True)
+@njit(parallel=True, fastmath=False, cache=True, error_model="numpy")
 def forward_kernel(gdata, boxes, splat_ids, tile_offsets, grid_x, grid_y, width, height,
                    background, image, t_final, n_used):
     """Front-to-back compositing. Writes image (H, W, C) f32, t_final (H, W) f64, n_used (H, W) i32.
@@ -217,7 +217,7 @@ def forward_kernel(gdata, boxes, splat_ids, tile_offsets, grid_x, grid_y, width,
                 n_used[py, px] = last[p]
 
 
-@njit(parallel=True, fastmath=False, cache=True)
+@njit(parallel=True, fastmath=False, cache=True, error_model="numpy")
 def jvp_kernel(gdata, tdata, boxes, splat_ids, tile_offsets, grid_x, grid_y, width, height,
                background, image, t_final, n_used, image_dot, alpha_dot):
     """Forward kernel that also pushes tangents ``tdata`` (V, 6 + C, same layout as gdata).
@@ -331,7 +331,7 @@ def jvp_kernel(gdata, tdata, boxes, splat_ids, tile_offsets, grid_x, grid_y, wid
                 alpha_dot[py, px] = np.float32(-td)
 
 
-@njit(parallel=True, fastmath=False, cache=True)
+@njit(parallel=True, fastmath=False, cache=True, error_model="numpy")
 def backward_kernel(gdata, boxes, splat_ids, tile_offsets, grid_x, grid_y, width, height,
                     background, t_final, n_used, grad_image, grad_alpha, entry_grads):
     """Back-to-front VJP. Writes entry_grads (M, 6 + C) f32: the gradient each tile-list entry
@@ -442,7 +442,7 @@ def backward_kernel(gdata, boxes, splat_ids, tile_offsets, grid_x, grid_y, width
                 entry_grads[j, k] = np.float32(acc[k])
 
 
-@njit(parallel=True, fastmath=False, cache=True)
+@njit(parallel=True, fastmath=False, cache=True, error_model="numpy")
 def reduce_entries(splat_ids, entry_grads, n_splats, n_parts):
     """Sum per-entry gradients into per-splat gradients, float64 accumulation, fixed order.
 
