@@ -530,59 +530,6 @@ def test_project_cpu_matches_project(scene):
             assert_rel_close(ta[k], tb[k].detach(), f"tangent {k} (degree {degree})")
 
 
-def render_fast(g: Gaussians, cam: Camera, background=(1.0, 1.0, 1.0)):
-    """``render(backend="cpu")`` with ``project_cpu`` in place of ``project`` (same steps)."""
-    from trsplat.render.composite_cpu import composite_cpu as comp
-
-    bg = torch.as_tensor(background, dtype=g.means.dtype)
-    p = project_cpu(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh, cam, 3)
-    bins = bin_splats(p.means2d, p.radii, p.depths, cam.width, cam.height)
-    features = torch.cat([p.colors, p.depths[:, None]], dim=1)
-    out, alpha = comp(p.means2d, p.conics, features, p.opacities, bins, cam.width, cam.height,
-                      torch.cat([bg, torch.zeros(1)]))
-    return out[..., :3], alpha, out[..., 3]
-
-
-@pytest.mark.parametrize("scene", [GRAD_SCENES[i] for i in (2, 4)], ids=[GRAD_IDS[i] for i in (2, 4)])
-def test_fast_render_pipeline_matches_reference(scene):
-    """project_cpu + composite_cpu: forward, gradients, forward mode and JVP-then-backward."""
-    g, cam = make_scene(*scene)
-    seed = scene[1]
-    img, alpha, depth = render_fast(g, cam)
-    ref = render(g, cam, backend="reference")
-    assert_image_close(img, ref.image, "image")
-    assert_image_close(alpha, ref.alpha, "alpha")
-    assert_image_close(depth, ref.depth, "depth")
-
-    gg = g.clone().requires_grad_()
-    ci, ca, cd = _cotangents(cam, seed)
-    img, alpha, depth = render_fast(gg, cam, background=(0.2, 0.5, 0.7))
-    ((img * ci).sum() + (alpha * ca).sum() + (depth * cd).sum()).backward()
-    want = _grads(g, cam, "reference", seed)
-    for name in PARAM_NAMES:
-        assert_rel_close(gg.params()[name].grad, want[name], f"grad {name}")
-
-    tangents = _tangents(g, seed)
-    with fwAD.dual_level():
-        gd = Gaussians.from_params({k: fwAD.make_dual(v, tangents[k]) for k, v in g.params().items()})
-        got = [fwAD.unpack_dual(t).tangent for t in render_fast(gd, cam, background=(0.2, 0.5, 0.7))]
-    want = [u.tangent for u in _jvp(g, cam, "reference", seed)]
-    for name, a, b in zip(("image", "alpha", "depth"), got, want):
-        assert_rel_close(a, b.detach(), f"{name} tangent")
-
-    gen = torch.Generator().manual_seed(3000 + seed)
-    target = torch.rand(cam.height, cam.width, 3, generator=gen)
-    gg = g.clone().requires_grad_()
-    with fwAD.dual_level():
-        gd = Gaussians.from_params({k: fwAD.make_dual(v, tangents[k]) for k, v in gg.params().items()})
-        primal, tangent = fwAD.unpack_dual(render_fast(gd, cam)[0] - target)
-        primal.backward(tangent.detach())
-    t_ref, g_ref = _jvp_then_backward(g, cam, "reference", seed)
-    assert_rel_close(tangent.detach(), t_ref, "residual tangent")
-    for name in PARAM_NAMES:
-        assert_rel_close(gg.params()[name].grad, g_ref[name], f"JVP-then-backward grad {name}")
-
-
 def test_project_cpu_torch_func():
     g, cam = make_scene(*SCENES[3])
     params = g.params()

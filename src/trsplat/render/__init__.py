@@ -1,8 +1,9 @@
 """Differentiable Gaussian rendering: projection (torch) + tile binning + compositing (backend).
 
 ``render`` works under reverse mode, forward mode (``torch.func.jvp``,
-``torch.autograd.forward_ad``) and, for tiny scenes, dense Jacobians. Only compositing has
-backends; see :mod:`trsplat.render.backends`.
+``torch.autograd.forward_ad``) and, for tiny scenes with the ``reference`` backend, dense
+Jacobians. Backends choose the compositor and the derivative kernels of the projection; see
+:mod:`trsplat.render.backends`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import torch
 
 from trsplat.camera import Camera
 from trsplat.gaussians import Gaussians
-from trsplat.render.backends import get_compositor
-from trsplat.render.project import project
+from trsplat.render.backends import get_compositor, get_projector
 from trsplat.render.tiles import bin_splats
 
 
@@ -49,7 +49,7 @@ def render(
     g = gaussians
     device = g.means.device
     bg = torch.as_tensor(background, dtype=g.means.dtype, device=device)
-    proj = project(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh, camera, sh_degree)
+    proj = get_projector(backend)(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh, camera, sh_degree)
     bins = bin_splats(proj.means2d, proj.radii, proj.depths, camera.width, camera.height)
     features = torch.cat([proj.colors, proj.depths[:, None]], dim=1)
     feat_bg = torch.cat([bg, torch.zeros(1, dtype=bg.dtype, device=device)])

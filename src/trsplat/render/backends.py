@@ -1,9 +1,12 @@
-"""Compositing backends.
+"""Rendering backends: a projection and a compositor per backend.
 
-Every backend is a function with the signature of
+Every compositor is a function with the signature of
 :func:`trsplat.render.composite_reference.composite_reference` and must give the same image and
 alpha, gradients (VJP) and tangents (JVP) to float tolerance. ``reference`` is pure torch;
 native backends are ``torch.autograd.Function`` s with ``forward``, ``backward`` and ``jvp``.
+Projection is torch for every backend; ``cpu`` swaps in :func:`project_cpu`, the same primal
+with numba VJP/JVP kernels (profiling showed torch autograd of the projection costing as much
+as the compositing on CPU).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 
 from trsplat.errors import TrsplatError
 from trsplat.render.composite_reference import composite_reference
+from trsplat.render.project import project
 
 BACKENDS = ("reference", "cpu", "cuda")
 
@@ -32,6 +36,15 @@ def get_compositor(name: str) -> Callable:
         check_available()  # TrsplatError without a GPU + numba-cuda (or the simulator)
         return composite_cuda
     raise TrsplatError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def get_projector(name: str) -> Callable:
+    """The projection function of backend ``name`` (signature of :func:`project`)."""
+    if name == "cpu":
+        from trsplat.render.cpu_project import project_cpu
+
+        return project_cpu
+    return project
 
 
 def default_backend() -> str:
