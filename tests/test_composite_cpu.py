@@ -522,8 +522,10 @@ def test_project_cpu_matches_project(scene):
     for degree in (3, 1):
         pa, ga, ta = _project_all(lambda *a: project_cpu(*a[:-1], degree), g, cam, scene[1])
         pb, gb, tb = _project_all(lambda *a: project(*a[:-1], degree), g, cam, scene[1])
-        for k in PROJ_OUTS + ("ids", "radii"):  # the primal is project()'s, bit for bit
+        for k in ("ids", "radii"):  # same culling and tile rectangles
             assert torch.equal(getattr(pa, k), getattr(pb, k)), k
+        for k in PROJ_OUTS:  # float64 kernel vs torch's float32: equal to float32 rounding
+            assert_image_close(getattr(pa, k).detach(), getattr(pb, k).detach(), f"primal {k}")
         for k in PARAM_NAMES:
             assert_rel_close(ga[k], gb[k], f"grad {k} (degree {degree})")
         for k in PROJ_OUTS:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from trsplat.config import OPTIMIZERS, TrainConfig
 from trsplat.errors import TrsplatError
+from trsplat.malloc_tuning import tune_malloc
 
 HELP = {
     "optimizer": f"optimiser: {', '.join(OPTIMIZERS)}",
@@ -221,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         pass
     p.set_defaults(func=cmd_bench_render)
+    p = bench.add_parser("iteration", help="seconds per training iteration per optimizer, where they go, peak memory")
+    from trsplat.bench import iteration
+
+    iteration.add_arguments(p)
+    p.set_defaults(func=iteration.main)
     p = bench.add_parser("optimizers", help="optimizer study: variants x scenes x seeds, tables and plots")
     from trsplat.bench import optimizers
 
@@ -230,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_malloc()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -8,10 +8,7 @@ For each case (a scene size) and each backend it measures, on the full :func:`tr
 * ``jvp_s``: ``render()`` under ``torch.autograd.forward_ad.dual_level()`` with a random tangent
   on every raw parameter (primal + tangent);
 
-each the median of ``repeats`` runs after a warm-up run. Backends are compositing backends, plus
-``cpu+cpu_project``: the ``cpu`` backend with :func:`trsplat.render.cpu_project.project_cpu`
-(projection with numba VJP/JVP kernels, bit-identical primal) patched into ``render()`` in the
-worker process, i.e. what ``cpu`` gives once ``render()`` uses it. Every (case, backend) runs in its own
+each the median of ``repeats`` runs after a warm-up run. Every (case, backend) runs in its own
 Python process, so ``peak_rss_bytes`` (VmHWM) is that case's peak and nothing is shared between
 cases. The numba JIT compile time of the ``cpu`` kernels is measured separately, in a process
 with an empty numba cache (``compile_s.cold``) and with the on-disk cache (``compile_s.cached``).
@@ -49,6 +46,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+from trsplat.malloc_tuning import tune_malloc
 
 DEFAULT_DATA = Path(__file__).resolve().parents[4] / "shared" / "data" / "nerf_synthetic_chair"
 if not DEFAULT_DATA.exists():  # installed elsewhere: fall back to the project's shared folder
@@ -294,20 +293,11 @@ def measure_case(case: BenchCase, backend: str, repeats: int = 5, max_reference_
 
     from trsplat.gaussians import Gaussians
     from trsplat.render import render
-    from trsplat.render.backends import get_compositor
-    from trsplat.render.project import project
+    from trsplat.render.backends import get_compositor, get_projector
     from trsplat.render.tiles import bin_splats
 
-    project_fn = project
+    project_fn = get_projector(backend)
     compositor = backend
-    if backend.endswith("+cpu_project"):
-        # render() with trsplat.render.cpu_project.project_cpu in place of project(): what the
-        # cpu backend gives once render() is wired to use it (patched in this worker only)
-        from trsplat.render.cpu_project import project_cpu
-
-        compositor = backend.split("+")[0]
-        project_fn = project_cpu
-        render.__globals__["project"] = project_cpu
     result: dict[str, Any] = {
         "case": case.name, "backend": backend, "n_gaussians": case.n_gaussians,
         "width": case.width, "height": case.height, "kind": case.kind,
@@ -327,7 +317,7 @@ def measure_case(case: BenchCase, backend: str, repeats: int = 5, max_reference_
 
     with torch.no_grad():
         t0 = time.perf_counter()
-        proj = project(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh, cam, 3)
+        proj = project_fn(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh, cam, 3)
         t1 = time.perf_counter()
         bins = bin_splats(proj.means2d, proj.radii, proj.depths, cam.width, cam.height)
         t2 = time.perf_counter()
@@ -476,7 +466,9 @@ def measure_compile() -> dict[str, float]:
     bin_splats(torch.rand(50, 2) * 32, torch.full((50,), 3), torch.rand(50) + 1.0, 32, 32)
     out["binning_s"] = time.perf_counter() - ta
     gg = g.clone().requires_grad_()
+    ta = time.perf_counter()
     p = project_cpu(gg.means, gg.log_scales, gg.quats, gg.opacity_logits, gg.sh, cam, 3)
+    out["project_forward_s"] = time.perf_counter() - ta
     ta = time.perf_counter()
     p.conics.sum().backward()
     out["project_vjp_s"] = time.perf_counter() - ta
@@ -486,71 +478,6 @@ def measure_compile() -> dict[str, float]:
         project_cpu(dual, g.log_scales, g.quats, g.opacity_logits, g.sh, cam, 3)
     out["project_jvp_s"] = time.perf_counter() - ta
     out["total_s"] = sum(v for k, v in out.items() if k != "total_s")
-    return out
-
-
-# -- profile of a training-like iteration -----------------------------------------------------------
-def profile_iteration(n: int = 100_000, size: int = 200, backend: str = "cpu", iters: int = 5,
-                      seed: int = 0) -> dict[str, float]:
-    """cProfile of ``iters`` iterations of render → L1 loss → backward; seconds per iteration.
-
-    ``backend`` may be ``cpu+cpu_project`` (see :func:`measure_case`). The breakdown uses the
-    cumulative times of the functions that make up a render; ``backward_torch_ops`` is the part
-    of ``backward()`` spent in torch's own autograd formulas (projection, SH, loss, glue).
-    """
-    import cProfile
-    import pstats
-
-    import torch
-
-    from trsplat.render import render
-
-    compositor = backend
-    if backend.endswith("+cpu_project"):
-        from trsplat.render.cpu_project import project_cpu
-
-        compositor = backend.split("+")[0]
-        render.__globals__["project"] = project_cpu
-    g, cam = synthetic_scene(n, size, size, seed)
-    g = g.requires_grad_()
-    target = torch.rand(size, size, 3, generator=torch.Generator().manual_seed(seed))
-
-    def step():
-        for v in g.params().values():
-            v.grad = None
-        out = render(g, cam, backend=compositor)
-        loss = (out.image - target).abs().mean()
-        loss.backward()
-
-    step()
-    step()
-    prof = cProfile.Profile()
-    t0 = time.perf_counter()
-    prof.enable()
-    for _ in range(iters):
-        step()
-    prof.disable()
-    wall = (time.perf_counter() - t0) / iters
-    stats = pstats.Stats(prof).stats
-
-    def cum(file_part: str, name: str) -> float:
-        return sum(v[3] for k, v in stats.items() if file_part in k[0] and k[2] == name) / iters
-
-    out = {
-        "iteration_s": wall,
-        "render_forward_s": cum("render/__init__", "render"),
-        "project_forward_s": cum("render/project", "project"),
-        "sh_forward_s": cum("render/sh", "eval_sh"),
-        "binning_s": cum("render/tiles", "bin_splats"),
-        "composite_forward_s": cum("composite_cpu", "composite_cpu") if compositor == "cpu" else
-        cum("composite_reference", "composite_reference"),
-        "backward_total_s": cum("autograd", "_engine_run_backward"),
-        "composite_backward_s": cum("composite_cpu", "backward"),
-        "project_backward_kernels_s": cum("cpu_project", "backward"),
-    }
-    out["backward_torch_ops_s"] = (out["backward_total_s"] - out["composite_backward_s"]
-                                   - out["project_backward_kernels_s"])
-    out["other_s"] = out["iteration_s"] - out["render_forward_s"] - out["backward_total_s"]
     return out
 
 
@@ -581,8 +508,6 @@ def _run_worker(task: dict[str, Any], env: dict[str, str] | None = None) -> dict
 def _worker_main(task: dict[str, Any]) -> dict[str, Any]:
     if task["what"] == "compile":
         return measure_compile()
-    if task["what"] == "profile":
-        return profile_iteration(task["n"], task["size"], task["backend"])
     case = BenchCase(**task["case"])
     return measure_case(case, task["backend"], task["repeats"], task["max_reference_s"],
                         task["data_dir"])
@@ -591,7 +516,7 @@ def _worker_main(task: dict[str, Any]) -> dict[str, Any]:
 def run_render_bench(
     out_path: str | os.PathLike | None,
     cases: Iterable[BenchCase] | None = None,
-    backends: Sequence[str] = ("cpu", "cpu+cpu_project", "reference"),
+    backends: Sequence[str] = ("cpu", "reference"),
     repeats: int = 5,
     *,
     max_reference_s: float = 150.0,
@@ -745,10 +670,8 @@ def _parse_case(text: str) -> BenchCase:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``trsplat bench render``."""
     parser.add_argument("--out", default="render_bench.json", help="JSON file to write (default: render_bench.json)")
-    parser.add_argument("--backends", default="cpu,cpu+cpu_project,reference",
-                        help="comma-separated compositing backends; 'cpu+cpu_project' is the cpu "
-                             "backend with the numba-differentiated projection patched into "
-                             "render() (default: cpu,cpu+cpu_project,reference)")
+    parser.add_argument("--backends", default="cpu,reference",
+                        help="comma-separated backends (default: cpu,reference)")
     parser.add_argument("--case", dest="cases", action="append", type=_parse_case, default=None,
                         help="scene N:WxH (synthetic) or chair[:N]; repeatable (default: 10k:200x200, "
                              "100k:400x400, 300k:800x800, chair:100k)")
@@ -762,32 +685,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait-quiet", type=float, default=None, metavar="PCT",
                         help="on a shared machine: before each case wait (up to 15 min) until the "
                              "10 s CPU pressure (/proc/pressure/cpu) is below PCT percent")
-    parser.add_argument("--profile", metavar="N:WxH", default=None,
-                        help="instead of the benchmark, cProfile render -> L1 -> backward for each "
-                             "backend at this size and print where the time goes")
 
 
 def main(args: argparse.Namespace) -> int:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    if getattr(args, "profile", None):
-        case = _parse_case(args.profile)
-        rows = {}
-        for backend in backends:
-            if backend == "reference" and case.n_gaussians * case.width * case.height > 4e9:
-                continue
-            task = {"what": "profile", "n": case.n_gaussians, "size": case.width, "backend": backend}
-            if args.wait_quiet is not None:
-                wait_for_quiet(args.wait_quiet, 900.0)
-            rows[backend] = _run_worker(task) if args.isolate else _worker_main(task)
-        keys = sorted({k for r in rows.values() for k in r})
-        print("| seconds per iteration | " + " | ".join(rows) + " |")
-        print("|---|" + "---|" * len(rows))
-        for k in keys:
-            print(f"| {k} | " + " | ".join(
-                f"{r[k]:.4f}" if isinstance(r.get(k), float) else str(r.get(k)) for r in rows.values()) + " |")
-        if args.out:
-            _write(args.out, {"machine": machine_info(), "profile": rows, "case": asdict(case)})
-        return 0
     result = run_render_bench(args.out, cases=args.cases, backends=backends, repeats=args.repeats,
                               max_reference_s=args.max_reference_s, data_dir=args.data,
                               isolate=args.isolate, quiet_pressure=args.wait_quiet)
@@ -799,6 +700,7 @@ def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "--worker":
+        tune_malloc()  # as the trsplat command does
         print(json.dumps(_worker_main(json.loads(sys.argv[2]))))
         sys.exit(0)
     _p = argparse.ArgumentParser(prog="python -m trsplat.bench.render_bench")

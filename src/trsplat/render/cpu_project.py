@@ -26,7 +26,7 @@ import torch.autograd.forward_ad as fwAD
 from numba import njit, prange
 
 from trsplat.camera import Camera
-from trsplat.render.project import LOW_PASS, Projected, project
+from trsplat.render.project import LOW_PASS, NEAR_PLANE, TILE_SIZE, Projected, project
 from trsplat.render.sh import C0, C1, C2, C3
 
 __all__ = ["project_cpu"]
@@ -134,10 +134,12 @@ def _geometry(i, n, means, log_scales, quats, rot_v, trans_v, fx, fy, lims, pv, 
     for r in range(2):
         for c in range(3):
             tmat[r, c] = jac[r, 0] * rot_v[0, c] + jac[r, 1] * rot_v[1, c] + jac[r, 2] * rot_v[2, c]
-    qnorm = math.sqrt(quats[n, 0] ** 2 + quats[n, 1] ** 2 + quats[n, 2] ** 2 + quats[n, 3] ** 2)
+    for k in range(4):
+        qn[k] = np.float64(quats[n, k])
+    qnorm = math.sqrt(qn[0] * qn[0] + qn[1] * qn[1] + qn[2] * qn[2] + qn[3] * qn[3])
     qden = max(qnorm, _EPS)
     for k in range(4):
-        qn[k] = quats[n, k] / qden
+        qn[k] = qn[k] / qden
     _rotmat(qn[0], qn[1], qn[2], qn[3], rq)
     for k in range(3):
         s[k] = math.exp(np.float64(log_scales[n, k]))
@@ -152,6 +154,85 @@ def _geometry(i, n, means, log_scales, quats, rot_v, trans_v, fx, fy, lims, pv, 
         for c in range(2):
             cov[r, c] = pm[r, 0] * pm[c, 0] + pm[r, 1] * pm[c, 1] + pm[r, 2] * pm[c, 2]
     return qnorm, in_x, in_y, xz, yz
+
+
+# -- forward (primal) ------------------------------------------------------------------------
+@njit(parallel=True, fastmath=False, cache=True)
+def project_forward_kernel(means, log_scales, quats, opacity_logits, sh, rot_v, trans_v, fx, fy,
+                           cx, cy, lims, campos, degree, low_pass, near, width, height, tile,
+                           keep, m2d, con, dep, rad, col, opa):
+    """The primal of :func:`project` for every Gaussian, in float64, rounded to float32 outputs.
+
+    Writes row n of the (N, ...) outputs and ``keep[n]`` (survives culling, as ``project()``
+    decides it: z > near, det > 0, finite screen mean, non-empty tile rectangle); rows with
+    ``keep[n] == False`` are left unspecified.
+    """
+    n_all = means.shape[0]
+    n_coef = (degree + 1) * (degree + 1)
+    grid_x = (width + tile - 1) // tile
+    grid_y = (height + tile - 1) // tile
+    chunk = 256
+    for ci in prange((n_all + chunk - 1) // chunk):
+        pv = np.empty(3)
+        qn = np.empty(4)
+        rq = np.empty((3, 3))
+        s = np.empty(3)
+        mm = np.empty((3, 3))
+        pm = np.empty((2, 3))
+        jac = np.empty((2, 3))
+        tmat = np.empty((2, 3))
+        cov = np.empty((2, 2))
+        basis = np.empty(16)
+        bgrad = np.empty((16, 3))
+        for n in range(ci * chunk, min(n_all, (ci + 1) * chunk)):
+            keep[n] = False
+            z = (rot_v[2, 0] * means[n, 0] + rot_v[2, 1] * means[n, 1] + rot_v[2, 2] * means[n, 2]
+                 + trans_v[2])
+            if not z > near:
+                continue
+            _geometry(n, n, means, log_scales, quats, rot_v, trans_v, fx, fy, lims, pv, qn, rq, s,
+                      mm, pm, jac, tmat, cov)
+            x, y, z = pv[0], pv[1], pv[2]
+            a = cov[0, 0] + low_pass
+            b = cov[0, 1]
+            c = cov[1, 1] + low_pass
+            det = a * c - b * b
+            u = fx * x / z + cx - 0.5
+            v = fy * y / z + cy - 0.5
+            if not (det > 0.0 and math.isfinite(u) and math.isfinite(v)):
+                continue
+            mid = 0.5 * (a + c)
+            lam = mid + math.sqrt(max(mid * mid - det, 0.1))
+            r = math.ceil(3.0 * math.sqrt(lam))
+            # tile rectangle as tile_rect(): float32 screen mean, int truncation, clamp
+            # (float32 arithmetic in tile_rect's order)
+            uf, vf, rf = np.float32(u), np.float32(v), np.float32(r)
+            tf, one = np.float32(tile), np.float32(1.0)
+            x0 = min(max(np.trunc((uf - rf) / tf), 0.0), grid_x)
+            x1 = min(max(np.trunc((uf + rf + tf - one) / tf), 0.0), grid_x)
+            y0 = min(max(np.trunc((vf - rf) / tf), 0.0), grid_y)
+            y1 = min(max(np.trunc((vf + rf + tf - one) / tf), 0.0), grid_y)
+            if not (x1 > x0 and y1 > y0):
+                continue
+            keep[n] = True
+            m2d[n, 0] = np.float32(u)
+            m2d[n, 1] = np.float32(v)
+            con[n, 0] = np.float32(c / det)
+            con[n, 1] = np.float32(-b / det)
+            con[n, 2] = np.float32(a / det)
+            dep[n] = np.float32(z)
+            rad[n] = np.int64(r)
+            d0 = np.float64(means[n, 0]) - campos[0]
+            d1 = np.float64(means[n, 1]) - campos[1]
+            d2 = np.float64(means[n, 2]) - campos[2]
+            den = max(math.sqrt(d0 * d0 + d1 * d1 + d2 * d2), _EPS)
+            _sh_basis(degree, d0 / den, d1 / den, d2 / den, basis, bgrad)
+            for ch in range(3):
+                raw = 0.5
+                for k in range(n_coef):
+                    raw += basis[k] * np.float64(sh[n, k, ch])
+                col[n, ch] = np.float32(max(raw, 0.0))
+            opa[n] = np.float32(1.0 / (1.0 + math.exp(-np.float64(opacity_logits[n]))))
 
 
 # -- VJP --------------------------------------------------------------------------------------
@@ -454,8 +535,20 @@ def _np_or_zeros(t: torch.Tensor | None, like: torch.Tensor) -> np.ndarray:
 class _ProjectCPU(torch.autograd.Function):
     @staticmethod
     def forward(means, log_scales, quats, opacity_logits, sh, camera, sh_degree):
-        p = project(means, log_scales, quats, opacity_logits, sh, camera, sh_degree)
-        return p.means2d, p.conics, p.depths, p.colors, p.opacities, p.ids, p.radii
+        n = means.shape[0]
+        rot_v, trans_v, fx, fy, lims, campos = _camera_arrays(camera)
+        keep = np.zeros(n, dtype=np.bool_)
+        outs = [np.empty(shape, dtype=dt) for shape, dt in (
+            ((n, 2), np.float32), ((n, 3), np.float32), ((n,), np.float32), ((n,), np.int64),
+            ((n, 3), np.float32), ((n,), np.float32))]
+        if n:
+            project_forward_kernel(
+                _np(means), _np(log_scales), _np(quats), _np(opacity_logits), _np(sh), rot_v,
+                trans_v, fx, fy, float(camera.cx), float(camera.cy), lims, campos, int(sh_degree),
+                LOW_PASS, NEAR_PLANE, camera.width, camera.height, TILE_SIZE, keep, *outs)
+        ids = torch.from_numpy(np.flatnonzero(keep))
+        m2d, conics, depths, radii, colors, opacities = (torch.from_numpy(o)[ids] for o in outs)
+        return m2d, conics, depths, colors, opacities, ids, radii
 
     @staticmethod
     def setup_context(ctx, inputs, output):

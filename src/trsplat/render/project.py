@@ -11,6 +11,13 @@ cx = W/2 this is INRIA's ``ndc2Pix``; INRIA ignores COLMAP's cx, cy.
 
 Only Gaussians that survive culling are carried forward, and they are selected *before* any
 division by depth, so culled Gaussians receive exact zero gradients and tangents (no 0·inf).
+
+Precision: float32 (or lower) inputs are computed in float64 and the outputs rounded back to the
+input dtype. The projection is cheap next to compositing, and float64 makes its result
+independent of how the arithmetic is ordered: the numba projection of the ``cpu`` backend
+(:mod:`trsplat.render.cpu_project`) then produces the same float32 splats, so the two backends
+feed the compositor identical inputs, and its hard thresholds (α < 1/255, T < 1e-4) cannot
+turn float32 rounding noise into visibly different pixels.
 """
 
 from __future__ import annotations
@@ -71,13 +78,16 @@ def project(
     sh_degree: int,
 ) -> Projected:
     """Project raw Gaussian parameters (see :mod:`trsplat.gaussians`) into ``camera``."""
-    w2c = camera.world_to_camera.to(means)
+    out_dtype = means.dtype
+    work = torch.float64 if out_dtype in (torch.float32, torch.float16, torch.bfloat16) else out_dtype
+    # the camera in float32 first, as the cpu kernels take it, then widened
+    w2c = camera.world_to_camera.to(device=means.device, dtype=out_dtype).to(work)
     rot_v, trans_v = w2c[:3, :3], w2c[:3, 3]
 
     with torch.no_grad():
-        z_all = means @ rot_v[2] + trans_v[2]
+        z_all = means.detach().to(work) @ rot_v[2] + trans_v[2]
         ids = torch.nonzero(z_all > NEAR_PLANE).squeeze(1)
-    means, log_scales, quats = means[ids], log_scales[ids], quats[ids]
+    means, log_scales, quats = means[ids].to(work), log_scales[ids].to(work), quats[ids].to(work)
 
     p_view = means @ rot_v.T + trans_v
     x, y, z = p_view.unbind(-1)
@@ -116,16 +126,17 @@ def project(
     det = det[sel]
     conics = torch.stack([c[sel] / det, -b[sel] / det, a[sel] / det], dim=-1)
     ids = ids[sel]
-    dirs = F.normalize(means[sel] - camera.camera_center.to(means), dim=-1)
-    colors = torch.clamp_min(eval_sh(sh_degree, sh[ids], dirs) + 0.5, 0.0)
+    campos = camera.camera_center.to(device=means.device, dtype=out_dtype).to(work)
+    dirs = F.normalize(means[sel] - campos, dim=-1)
+    colors = torch.clamp_min(eval_sh(sh_degree, sh[ids].to(work), dirs) + 0.5, 0.0)
     return Projected(
         ids=ids,
-        means2d=means2d[sel],
-        conics=conics,
-        depths=z[sel],
+        means2d=means2d[sel].to(out_dtype),
+        conics=conics.to(out_dtype),
+        depths=z[sel].to(out_dtype),
         radii=radii[sel],
-        colors=colors,
-        opacities=torch.sigmoid(opacity_logits[ids]),
+        colors=colors.to(out_dtype),
+        opacities=torch.sigmoid(opacity_logits[ids].to(work)).to(out_dtype),
     )
 
 

@@ -1,0 +1,180 @@
+"""``trsplat bench iteration``: seconds per training iteration, where they go, and peak memory.
+
+For each optimizer it builds an ordinary :class:`trsplat.train.Trainer` on a real capture (the
+same data loading, initialisation, loss and optimizer as ``trsplat train``), runs ``warmup``
+training steps and then ``iters`` timed steps under cProfile, in a fresh Python process so that
+``peak_rss_bytes`` (VmHWM) belongs to that optimizer alone. Steps start at ``start_iteration``
+(default 3000: SH degree 3, the steady-state cost) and ``iters`` should be a multiple of the
+curvature interval (10) so that ``tr`` pays its curvature refreshes in the proportion it does
+in training.
+
+The breakdown is wall time per iteration. Top level, as called by ``Trainer.train_step``:
+``render_s``, ``loss_s`` (L1 + D-SSIM), ``backward_s`` (of the training loss),
+``optimizer_step_s`` (for ``tr`` it includes ``curvature_s``, the JVP render + backward of the
+Hutchinson/GNB estimate, and for both trust-region optimizers ``trust_region_s``, the Hellinger
+radii and clip) and ``other_s`` (view sampling, PSNR bookkeeping, ``zero_grad``). Kernel level,
+summed over every render of the iteration (the curvature's included): ``project_forward_s``,
+``binning_s``, ``composite_forward_s``, ``composite_backward_s``, ``project_backward_s``.
+
+The per-optimizer ratios ``s_per_it / adam`` and ``peak_rss / adam`` are the budgets of issue 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from trsplat.bench.render_bench import DEFAULT_DATA, _rss, machine_info
+from trsplat.errors import TrsplatError
+from trsplat.malloc_tuning import tune_malloc
+from trsplat.io_utils import write_json
+
+# top-level parts: (file fragment, function name), counted only where train_step calls them
+TOP_PARTS = {
+    "render_s": ("trsplat/render/__init__", "render"),
+    "loss_s": ("trsplat/loss", "training_loss"),
+    "backward_s": ("torch/_tensor", "backward"),
+    "optimizer_step_s": ("trsplat/optim/", "step"),
+}
+# nested parts: cumulative over the whole iteration
+INNER_PARTS = {
+    "curvature_s": ("trsplat/optim/curvature", "estimate"),
+    "trust_region_s": ("trsplat/optim/hellinger", "clip_step"),
+    "project_forward_s": ("render/cpu_project", "forward"),
+    "binning_s": ("render/tiles", "bin_splats"),
+    "composite_forward_s": ("render/composite_cpu", "composite_cpu"),
+    "composite_backward_s": ("render/composite_cpu", "backward"),
+    "project_backward_s": ("render/cpu_project", "backward"),
+}
+PARTS = {**TOP_PARTS, **INNER_PARTS}
+
+
+def profile_training(data: str, optimizer: str, *, downscale: int = 4, n_random_init: int = 100_000,
+                     iters: int = 20, warmup: int = 3, start_iteration: int = 3000,
+                     backend: str = "auto", seed: int = 0) -> dict[str, Any]:
+    """Profile ``iters`` training steps of ``optimizer`` in this process; seconds per iteration."""
+    import torch
+
+    from trsplat.config import TrainConfig
+    from trsplat.train import Trainer, prepare
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = TrainConfig(data=data, out=out, optimizer=optimizer, downscale=downscale,
+                          n_random_init=n_random_init, backend=backend, seed=seed,
+                          iters=start_iteration + warmup + iters, eval_at=[])
+        cfg.validate()
+        torch.manual_seed(seed)
+        scene, gaussians = prepare(cfg)
+        trainer = Trainer(cfg, scene, gaussians)
+        rss_loaded = _rss("VmRSS")
+        it = start_iteration
+        for _ in range(warmup):
+            trainer.train_step(it)
+            it += 1
+        prof = cProfile.Profile()
+        t0 = time.perf_counter()
+        prof.enable()
+        for _ in range(iters):
+            trainer.train_step(it)
+            it += 1
+        prof.disable()
+        wall = (time.perf_counter() - t0) / iters
+    stats = pstats.Stats(prof).stats
+
+    def cum(file_part: str, name: str, caller: tuple[str, str] | None = None) -> float:
+        total = 0.0
+        for (file, _, func), (_, _, _, ct, callers) in stats.items():
+            if file_part not in file or func != name:
+                continue
+            if caller is None:
+                total += ct
+            else:
+                total += sum(c[3] for (cf, _, cn), c in callers.items() if caller[0] in cf and cn == caller[1])
+        return total / iters
+
+    out: dict[str, Any] = {"optimizer": optimizer, "backend": trainer.backend,
+                           "n_gaussians": len(gaussians), "width": scene.train[0].camera.width,
+                           "height": scene.train[0].camera.height, "iters": iters,
+                           "start_iteration": start_iteration, "s_per_it": wall}
+    step_fn = ("trsplat/train", "train_step")
+    out.update({key: cum(*where, caller=step_fn) for key, where in TOP_PARTS.items()})
+    out.update({key: cum(*where) for key, where in INNER_PARTS.items()})
+    out["other_s"] = wall - sum(out[k] for k in TOP_PARTS)
+    out["rss_after_load_bytes"] = rss_loaded
+    out["peak_rss_bytes"] = _rss("VmHWM")
+    return out
+
+
+def _run_isolated(task: dict[str, Any]) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "trsplat.bench.iteration", "--worker", json.dumps(task)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise TrsplatError(f"profiling {task['optimizer']} failed:\n{(proc.stderr or proc.stdout)[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one column per optimizer, one row per part (ms per iteration), then ratios."""
+    head = "| ms per iteration | " + " | ".join(r["optimizer"] for r in rows) + " |"
+    lines = [head, "|---|" + "---|" * len(rows)]
+    keys = ["s_per_it", *PARTS, "other_s"]
+    for k in keys:
+        label = "whole iteration" if k == "s_per_it" else k.removesuffix("_s").replace("_", " ")
+        if k in INNER_PARTS:
+            label = "↳ " + label
+        lines.append(f"| {label} | " + " | ".join(f"{1000 * r[k]:.1f}" for r in rows) + " |")
+    lines.append("| peak RSS (MiB) | " + " | ".join(f"{r['peak_rss_bytes'] / 2**20:.0f}" for r in rows) + " |")
+    base = next((r for r in rows if r["optimizer"] == "adam"), None)
+    if base:
+        lines.append("| time / adam | " + " | ".join(f"{r['s_per_it'] / base['s_per_it']:.2f}" for r in rows) + " |")
+        lines.append("| peak RSS / adam | " + " | ".join(
+            f"{r['peak_rss_bytes'] / base['peak_rss_bytes']:.2f}" for r in rows) + " |")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="capture folder (default: the chair)")
+    parser.add_argument("--downscale", type=int, default=4)
+    parser.add_argument("--n-random-init", type=int, default=100_000,
+                        help="Gaussians of the random initialisation (captures without SfM points)")
+    parser.add_argument("--optimizers", default="adam,adam-tr,tr", help="comma-separated (default: adam,adam-tr,tr)")
+    parser.add_argument("--iters", type=int, default=20, help="timed iterations (default 20)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--start-iteration", type=int, default=3000)
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--out", default="iteration_bench.json", help="JSON file to write")
+
+
+def main(args: argparse.Namespace) -> int:
+    rows = []
+    for opt in [o.strip() for o in args.optimizers.split(",") if o.strip()]:
+        task = {"data": args.data, "optimizer": opt, "downscale": args.downscale,
+                "n_random_init": args.n_random_init, "iters": args.iters, "warmup": args.warmup,
+                "start_iteration": args.start_iteration, "backend": args.backend}
+        print(f"profiling {opt} ...", flush=True)
+        rows.append(_run_isolated(task))
+    table = format_table(rows)
+    command = " ".join(["trsplat"] + sys.argv[1:]) if sys.argv[0].endswith("trsplat") else " ".join(sys.argv)
+    write_json(args.out, {"machine": machine_info(), "command": command, "rows": rows})
+    print(table)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "--worker":
+        tune_malloc()  # as the trsplat command does
+        task = json.loads(sys.argv[2])
+        print(json.dumps(profile_training(task.pop("data"), task.pop("optimizer"), **task)))
+        sys.exit(0)
+    _p = argparse.ArgumentParser(prog="python -m trsplat.bench.iteration")
+    add_arguments(_p)
+    sys.exit(main(_p.parse_args()))

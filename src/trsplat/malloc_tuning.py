@@ -1,0 +1,39 @@
+"""Keep large freed buffers in the heap instead of returning them to the OS (glibc only).
+
+By default glibc serves every allocation above ~128 KiB-32 MiB (dynamic threshold) with a fresh
+``mmap`` and unmaps it on free. A training iteration allocates and frees hundreds of such
+tensors, and each fresh mapping costs a page fault per 4 KiB page on first touch: on the
+project's 2-core VM that was 30-50k minor faults and ~0.1 s of system time per iteration at 100k
+Gaussians. Raising the mmap threshold to 32 MiB and the trim threshold to 2 GiB (``mallopt`` takes an
+int) lets the heap reuse those pages (about the effect of the environment variables
+``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=2147483647``).
+
+The ``trsplat`` command calls :func:`tune_malloc` at start-up; importing the library does not.
+``TRSPLAT_MALLOC_TUNING=0`` turns it off. It is a no-op where glibc's ``mallopt`` is absent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 32 * 2**20
+TRIM_THRESHOLD_BYTES = 2**31 - 1  # mallopt takes an int
+
+
+def tune_malloc() -> bool:
+    """Apply the thresholds above; True if glibc accepted them."""
+    if os.environ.get("TRSPLAT_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))

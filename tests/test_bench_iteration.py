@@ -1,0 +1,33 @@
+"""``trsplat bench iteration``: the profile of real training steps is complete and consistent."""
+
+from __future__ import annotations
+
+import pytest
+
+from trsplat.bench.iteration import INNER_PARTS, TOP_PARTS, format_table, profile_training
+from trsplat.synthetic import make_synthetic_scene
+
+
+@pytest.fixture(scope="module")
+def tiny_scene(tmp_path_factory):
+    return make_synthetic_scene(tmp_path_factory.mktemp("scene") / "toy", size=32, n_train=6, n_test=2)
+
+
+def test_profile_of_training_steps(tiny_scene):
+    rows = [profile_training(str(tiny_scene), opt, downscale=1, n_random_init=200, iters=10, warmup=2,
+                             start_iteration=3000, backend="cpu")
+            for opt in ("adam", "tr")]
+    adam, tr = rows
+    for r in rows:
+        assert r["s_per_it"] > 0 and r["peak_rss_bytes"] > 0 and r["n_gaussians"] == 200
+        # the top-level parts are disjoint pieces of the step: they never add up to more than it
+        assert sum(r[k] for k in TOP_PARTS) <= r["s_per_it"] * 1.001
+        assert r["render_s"] > 0 and r["backward_s"] > 0 and r["optimizer_step_s"] > 0
+        assert r["composite_forward_s"] > 0 and r["project_backward_s"] > 0
+    # only tr refreshes curvature (once in these 10 steps: t = 3011) and only it clips
+    assert adam["curvature_s"] == 0 and adam["trust_region_s"] == 0
+    assert tr["curvature_s"] > 0 and tr["trust_region_s"] > 0
+    assert tr["curvature_s"] <= tr["optimizer_step_s"]
+    table = format_table(rows)
+    assert "time / adam" in table and all(("↳ " + k.removesuffix("_s").replace("_", " ")) in table
+                                          for k in INNER_PARTS)
