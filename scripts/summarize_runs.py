@@ -26,7 +26,9 @@ def main() -> None:
     for metrics_path in sorted(args.root.glob("**/metrics.json")):
         data = json.loads(metrics_path.read_text())
         name = str(metrics_path.parent.relative_to(args.root))
+        peak = 0  # over the run so far (runs resumed before trsplat kept the peak across resumes)
         for e in data["evals"]:
+            peak = max(peak, e["peak_rss_bytes"])
             if keep and e["iteration"] not in keep:
                 continue
             bound = e.get("on_bound_fraction")
@@ -34,7 +36,7 @@ def main() -> None:
             print(f"| {name} | {data['n_gaussians']} | {e['iteration']} | {e['psnr']:.2f} | {e['ssim']:.4f} "
                   f"| {e.get('lpips', float('nan')):.4f} | {e.get('lpips_corrected', float('nan')):.4f} "
                   f"| {e['train_seconds']:.0f} | {e['seconds_per_iteration']:.3f} "
-                  f"| {e['peak_rss_bytes'] / 2**30:.2f} | {bound_txt} |")
+                  f"| {peak / 2**30:.2f} | {bound_txt} |")
 
 
 if __name__ == "__main__":

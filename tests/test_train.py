@@ -64,6 +64,7 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_scene, tmp_path, monkey
         with pytest.raises(Exception, match="interrupted at iteration 9"):
             train(_config(tiny_scene, tmp_path / "split", **extra))
     assert torch.load(tmp_path / "split" / CHECKPOINT, weights_only=False)["iteration"] == 9
+    monkeypatch.setattr("trsplat.train.peak_rss_bytes", lambda: 1)  # as a fresh process peaking lower
     resume(tmp_path / "split")
     full = torch.load(tmp_path / "full" / CHECKPOINT, weights_only=False)
     split = torch.load(tmp_path / "split" / CHECKPOINT, weights_only=False)
@@ -72,6 +73,8 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_scene, tmp_path, monkey
     m_full = json.loads((tmp_path / "full" / "metrics.json").read_text())["evals"]
     m_split = json.loads((tmp_path / "split" / "metrics.json").read_text())["evals"]
     assert [e["psnr"] for e in m_full] == [e["psnr"] for e in m_split]
+    # the peak memory of a run spans its resumes: the eval after the resume keeps the earlier peak
+    assert m_split[-1]["peak_rss_bytes"] == m_split[0]["peak_rss_bytes"] > 1
 
 
 def test_cli_train_eval_render_export(tiny_scene, tmp_path, capsys) -> None:

@@ -163,6 +163,12 @@ class Trainer:
             "evals": self.state.evals,
         })
 
+    def _run_peak(self, key: str, now: int | None) -> int | None:
+        """Peak memory of the whole run: this process's peak, or an earlier eval's if a process
+        before a resume peaked higher."""
+        earlier = [e[key] for e in self.state.evals if e.get(key) is not None]
+        return None if now is None and not earlier else max(earlier + ([now] if now is not None else []))
+
     def run_eval(self, iteration: int) -> dict[str, Any]:
         metrics = evaluate(
             self.gaussians.detach(), self.scene.test, sh_degree=active_sh_degree(iteration, self.cfg),
@@ -171,7 +177,8 @@ class Trainer:
         )
         record = {"iteration": iteration, **metrics, "train_seconds": self.state.train_seconds,
                   "seconds_per_iteration": self.state.train_seconds / max(iteration, 1),
-                  "peak_rss_bytes": peak_rss_bytes(), "peak_cuda_bytes": peak_cuda_bytes()}
+                  "peak_rss_bytes": self._run_peak("peak_rss_bytes", peak_rss_bytes()),
+                  "peak_cuda_bytes": self._run_peak("peak_cuda_bytes", peak_cuda_bytes())}
         stats = getattr(self.optimizer, "stats", None)
         if stats is not None:  # trust-region optimisers: share of steps clipped since the last eval
             record["on_bound_fraction"] = stats.fractions()
