@@ -76,15 +76,16 @@ def gauss_newton_product(params: dict[str, torch.Tensor], frame, residual_fn: Re
 def hutchinson(params: dict[str, torch.Tensor], frames: Sequence, residual_fn: ResidualFn,
                generator: torch.Generator, n_probes: int = 1) -> dict[str, torch.Tensor]:
     """Mean over views and ν probes of z ⊙ JᵀJz (Rademacher z over every raw parameter)."""
-    total = {k: torch.zeros_like(v) for k, v in params.items()}
+    total: dict[str, torch.Tensor] = {}
     for frame in frames:
         for _ in range(n_probes):
             z = {k: rademacher_like(v, generator) for k, v in params.items()}
             jtjz = gauss_newton_product(params, frame, residual_fn, z)
-            for k in total:
-                total[k] += z[k] * jtjz[k]
+            for k in params:  # in place: the peak memory is z, JᵀJz and the sum so far
+                sample = jtjz.pop(k).mul_(z.pop(k))
+                total[k] = total[k].add_(sample) if k in total else sample
     count = len(frames) * n_probes
-    return {k: v / count for k, v in total.items()}
+    return {k: v.div_(count) for k, v in total.items()}
 
 
 def gauss_newton_bartlett(params: dict[str, torch.Tensor], frames: Sequence, residual_fn: ResidualFn,
@@ -97,9 +98,9 @@ def gauss_newton_bartlett(params: dict[str, torch.Tensor], frames: Sequence, res
             r = residual_fn(Gaussians.from_params(leaves), frame)
             u = rademacher_like(r, generator)
             for k, g in _grads(r, leaves, u).items():
-                total[k] += g * g
+                total[k] += g.mul_(g)
     count = len(frames) * n_probes
-    return {k: v / count for k, v in total.items()}
+    return {k: v.div_(count) for k, v in total.items()}
 
 
 @dataclass

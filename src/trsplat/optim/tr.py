@@ -19,7 +19,7 @@ ADAM-TR: the 3DGS Adam step, clipped by the same radii with the same ε schedule
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -53,14 +53,32 @@ class BoundStats:
         self.total.clear()
 
 
-def _clip_and_apply(params: dict[str, torch.Tensor], step: dict[str, torch.Tensor], eps: float,
-                    cfg: TrustRegionConfig, stats: BoundStats) -> None:
+def _clip_and_apply(params: dict[str, torch.Tensor], steps: Iterable[tuple[str, torch.Tensor]],
+                    eps: float, cfg: TrustRegionConfig, stats: BoundStats) -> None:
+    """Clip each proposed ``(name, step)`` to the radii at the current ``params``, then apply all.
+
+    The steps are consumed one parameter at a time (cleaned of NaN/inf in place and released),
+    so with a lazy ``steps`` the peak memory is one set of clipped steps plus one parameter's
+    temporaries. Every radius is computed from the parameters before any of them moves.
+    """
     with torch.no_grad():
-        step = {k: torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) for k, v in step.items()}
-        clipped, on_bound = clip_step({k: v.detach() for k, v in params.items()}, step, eps, cfg)
-        stats.add(on_bound, {k: v != 0 for k, v in step.items()})
-        for name, p in params.items():
-            p.add_(clipped[name])
+        current = {k: v.detach() for k, v in params.items()}
+        clipped = {}
+        for name, st in steps:
+            st = torch.nan_to_num_(st, nan=0.0, posinf=0.0, neginf=0.0)
+            out, on_bound = clip_step(current, {name: st}, eps, cfg)
+            stats.add(on_bound, {name: st != 0})
+            clipped[name] = out[name]
+            del st, out, on_bound
+        for name, c in clipped.items():
+            params[name].add_(c)
+
+
+def _drain(steps: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield and remove the entries of ``steps``, so each is released once it is clipped."""
+    while steps:
+        name = next(iter(steps))
+        yield name, steps.pop(name)
 
 
 class TrustRegionNewton:
@@ -105,27 +123,34 @@ class TrustRegionNewton:
     def update_curvature(self, diag: dict[str, torch.Tensor]) -> None:
         negative = sum(int((d < 0).sum()) for d in diag.values())
         self.last_curvature_negative_fraction = negative / sum(d.numel() for d in diag.values())
-        for k, d in diag.items():
-            self.curv_ema[k].mul_(self.theta2).add_(torch.nan_to_num(d), alpha=1 - self.theta2)
+        for k, d in diag.items():  # diag is the estimator's own: cleaned in place
+            self.curv_ema[k].mul_(self.theta2).add_(torch.nan_to_num_(d), alpha=1 - self.theta2)
         self.n_curvature_updates += 1
 
-    @torch.no_grad()
     def newton_step(self) -> dict[str, torch.Tensor]:
         """Δ = −ĝ/D̂ with the guard, bias correction and zero/NaN rules (not yet clipped)."""
+        return dict(self._newton_steps())
+
+    @torch.no_grad()
+    def _newton_steps(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """:meth:`newton_step` one parameter at a time."""
         c1 = 1 - self.theta1 ** self.n_steps if self.bias_correction else 1.0
         c2 = 1 - self.theta2 ** max(self.n_curvature_updates, 1) if self.bias_correction else 1.0
-        steps = {}
         for k, m in self.grad_ema.items():
-            g_hat, d_hat = m / c1, self.curv_ema[k] / c2
+            g_hat = m / c1 if self.bias_correction else m
+            d_hat = self.curv_ema[k] / c2 if self.bias_correction else self.curv_ema[k]
             if self.guard == "sophia":
-                step = -g_hat / d_hat.clamp_min(self.guard_floor)
+                den = d_hat.clamp_min(self.guard_floor)
             elif self.guard == "abs":
-                step = -g_hat / d_hat.abs().clamp_min(self.guard_floor)
+                den = d_hat.abs().clamp_min_(self.guard_floor)
             else:
-                step = torch.where(d_hat != 0, -g_hat / d_hat, torch.zeros_like(g_hat))
-            step = torch.where(m == 0, torch.zeros_like(step), step)
-            steps[k] = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
-        return steps
+                den = d_hat
+            step = torch.div(g_hat, den).neg_()
+            del den
+            if self.guard == "raw":
+                step.masked_fill_(d_hat == 0, 0.0)
+            step.masked_fill_(m == 0, 0.0)
+            yield k, torch.nan_to_num_(step, nan=0.0, posinf=0.0, neginf=0.0)
 
     def step(self, iteration: int, context=None) -> None:
         with torch.no_grad():
@@ -138,7 +163,7 @@ class TrustRegionNewton:
             diag = self.estimator.estimate({k: v.detach() for k, v in self.params.items()}, views,
                                            context.residual_fn, self.generator)
             self.update_curvature(diag)
-        _clip_and_apply(self.params, self.newton_step(), self.eps_at(iteration), self.tr, self.stats)
+        _clip_and_apply(self.params, self._newton_steps(), self.eps_at(iteration), self.tr, self.stats)
 
     def zero_grad(self) -> None:
         for p in self.params.values():
@@ -178,10 +203,11 @@ class AdamTrustRegion(GaussianAdam):
         with torch.no_grad():
             before = {k: p.detach().clone() for k, p in self.params.items()}
             super().step(iteration)
-            proposed = {k: p.detach() - before[k] for k, p in self.params.items()}
-            for k, p in self.params.items():
-                p.copy_(before[k])
-        _clip_and_apply(self.params, proposed, self.eps_at(iteration), self.tr, self.stats)
+            proposed = {}
+            for k, p in self.params.items():  # restore each parameter, releasing its copy
+                proposed[k] = p.detach() - before[k]
+                p.copy_(before.pop(k))
+        _clip_and_apply(self.params, _drain(proposed), self.eps_at(iteration), self.tr, self.stats)
 
     def state_dict(self) -> dict[str, Any]:
         return {"adam": super().state_dict(), "stats": (dict(self.stats.on_bound), dict(self.stats.total))}
