@@ -491,6 +491,26 @@ def test_counting_sort_binning_is_identical_to_torch_binning():
         assert a.splat_ids.dtype == b.splat_ids.dtype and a.tile_offsets.dtype == b.tile_offsets.dtype
 
 
+
+def test_numba_tile_rects_equal_torch_tile_rect():
+    """Rectangles at and around tile boundaries, off screen and huge: identical to tile_rect."""
+    from trsplat.render.cpu_tiles import tile_rects
+
+    gen = torch.Generator().manual_seed(11)
+    edges = torch.arange(-48, 200, 16, dtype=torch.float32)
+    around = torch.cat([edges, edges - 0.5, edges + 0.5, torch.nextafter(edges, edges + 1),
+                        torch.nextafter(edges, edges - 1)])
+    xs = torch.cat([around, torch.rand(2000, generator=gen) * 300 - 50,
+                    torch.tensor([1e6, -1e6, 3.4e38, -3.4e38])])
+    ys = xs[torch.randperm(xs.numel(), generator=gen)]
+    m = torch.stack([xs, ys], 1)
+    radii = torch.randint(0, 40, (xs.numel(),), generator=gen)
+    for w, h in ((16, 16), (129, 65), (200, 120)):
+        want = tile_rect(m, radii, w, h)
+        got = tile_rects(m.numpy(), radii.numpy(), 16, (w + 15) // 16, (h + 15) // 16)
+        for a, b in zip(got, want):
+            assert torch.equal(torch.from_numpy(a), b)
+
 # -- projection with numba derivatives (cpu_project) --------------------------------------------
 from trsplat.render.cpu_project import project_cpu  # noqa: E402
 from trsplat.render.project import project  # noqa: E402

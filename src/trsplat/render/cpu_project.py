@@ -546,9 +546,9 @@ class _ProjectCPU(torch.autograd.Function):
                 _np(means), _np(log_scales), _np(quats), _np(opacity_logits), _np(sh), rot_v,
                 trans_v, fx, fy, float(camera.cx), float(camera.cy), lims, campos, int(sh_degree),
                 LOW_PASS, NEAR_PLANE, camera.width, camera.height, TILE_SIZE, keep, *outs)
-        ids = torch.from_numpy(np.flatnonzero(keep))
-        m2d, conics, depths, radii, colors, opacities = (torch.from_numpy(o)[ids] for o in outs)
-        return m2d, conics, depths, colors, opacities, ids, radii
+        ids = np.flatnonzero(keep)  # numpy gathers: several times faster than torch indexing here
+        m2d, conics, depths, radii, colors, opacities = (torch.from_numpy(o[ids]) for o in outs)
+        return m2d, conics, depths, colors, opacities, torch.from_numpy(ids), radii
 
     @staticmethod
     def setup_context(ctx, inputs, output):

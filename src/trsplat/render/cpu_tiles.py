@@ -76,6 +76,32 @@ def _counting_sort(order, x0, x1, y0, y1, grid_x, n_tiles):
     return ids, offsets
 
 
+@njit(fastmath=False, cache=True)
+def tile_rects(means2d, radii, tile, grid_x, grid_y):
+    """:func:`trsplat.render.project.tile_rect` in numba, with the same float32 arithmetic.
+
+    ``means2d`` (V, 2) float32, ``radii`` (V,) int64; returns int64 ``x0, x1, y0, y1``. A
+    non-finite mean gets an empty rectangle (torch's int conversion of NaN is undefined).
+    """
+    n = means2d.shape[0]
+    x0 = np.empty(n, dtype=np.int64)
+    x1 = np.empty(n, dtype=np.int64)
+    y0 = np.empty(n, dtype=np.int64)
+    y1 = np.empty(n, dtype=np.int64)
+    t = np.float32(tile)
+    one = np.float32(1.0)
+    for i in range(n):
+        mx, my, r = means2d[i, 0], means2d[i, 1], np.float32(radii[i])
+        if not (np.isfinite(mx) and np.isfinite(my)):
+            x0[i] = x1[i] = y0[i] = y1[i] = 0
+            continue
+        x0[i] = np.int64(min(max(np.trunc((mx - r) / t), 0.0), grid_x))
+        x1[i] = np.int64(min(max(np.trunc((mx + r + t - one) / t), 0.0), grid_x))
+        y0[i] = np.int64(min(max(np.trunc((my - r) / t), 0.0), grid_y))
+        y1[i] = np.int64(min(max(np.trunc((my + r + t - one) / t), 0.0), grid_y))
+    return x0, x1, y0, y1
+
+
 def _plain(t: torch.Tensor) -> torch.Tensor | None:
     """The plain tensor under torch.func (grad / jvp) wrappers; None under vmap."""
     ft = torch._C._functorch
@@ -86,20 +112,21 @@ def _plain(t: torch.Tensor) -> torch.Tensor | None:
     return t
 
 
-def bin_splats_counting(x0, x1, y0, y1, depths, grid_x: int, grid_y: int):
-    """(splat_ids, tile_offsets) int64 CPU tensors from tile rectangles [x0, x1) × [y0, y1).
+def bin_splats_counting(means2d, radii, depths, tile: int, grid_x: int, grid_y: int):
+    """(splat_ids, tile_offsets) int64 CPU tensors for splats with 2D means (V, 2) and radii (V,).
 
-    ``x0 .. y1`` are the int64 rectangles of :func:`trsplat.render.project.tile_rect` and
-    ``depths`` the splats' depths (any float dtype; only their order matters). Returns None
-    where the inputs cannot be read as plain arrays (under ``torch.func.vmap``), so the caller
-    can fall back to the torch implementation.
+    The tile rectangles are those of :func:`trsplat.render.project.tile_rect` (computed by
+    :func:`tile_rects`); ``depths`` may have any float dtype (only their order matters). Returns
+    None where the inputs cannot be read as plain arrays (under ``torch.func.vmap``), so the
+    caller can fall back to the torch implementation.
     """
-    plain = [_plain(t.detach()) for t in (x0, x1, y0, y1, depths)]
+    plain = [_plain(t.detach()) for t in (means2d, radii, depths)]
     if any(t is None for t in plain):
         return None
-    x0, x1, y0, y1, depths = plain
+    means2d, radii, depths = plain
     with torch._C._DisableFuncTorch():  # plain tensors from here on, even inside torch.func
         order = depth_order(depths)
-        rects = [t.cpu().to(torch.int64).contiguous().numpy() for t in (x0, x1, y0, y1)]
+        rects = tile_rects(means2d.cpu().float().contiguous().numpy(),
+                           radii.cpu().to(torch.int64).contiguous().numpy(), int(tile), int(grid_x), int(grid_y))
         ids, offsets = _counting_sort(order.numpy(), *rects, int(grid_x), int(grid_x) * int(grid_y))
         return torch.from_numpy(ids), torch.from_numpy(offsets)

@@ -47,11 +47,11 @@ def bin_splats(
     device = means2d.device
     grid_x = (width + TILE_SIZE - 1) // TILE_SIZE
     grid_y = (height + TILE_SIZE - 1) // TILE_SIZE
-    x0, x1, y0, y1 = tile_rect(means2d, radii, width, height)
     if device.type == "cpu" and _counting is not None:
-        found = _counting(x0, x1, y0, y1, depths, grid_x, grid_y)
+        found = _counting(means2d, radii, depths, TILE_SIZE, grid_x, grid_y)
         if found is not None:
             return TileBins(found[0], found[1], grid_x, grid_y)
+    x0, x1, y0, y1 = tile_rect(means2d, radii, width, height)
     return _bin_splats_torch(x0, x1, y0, y1, depths, grid_x, grid_y)
 
 
