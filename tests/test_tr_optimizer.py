@@ -167,3 +167,25 @@ def test_adam_tr_fit_converges() -> None:
         lambda g: AdamTrustRegion(g, tr=TrustRegionConfig(), eps_start=1e-6, eps_end=1e-8, extent=1.0,
                                   max_steps=300), 300)
     assert final < 0.5 * initial, (initial, final)
+
+
+def test_clip_and_apply_equals_clipping_everything_before_moving():
+    """Applying position and SH-rest steps as soon as they are clipped changes nothing: the
+    result is bit-identical to clipping every step at the old parameters, then adding."""
+    from trsplat.optim.hellinger import clip_step
+    from trsplat.optim.tr import BoundStats, _clip_and_apply
+
+    g = random_gaussians(300, seed=4)
+    gen = torch.Generator().manual_seed(5)
+    params = {k: v.clone() for k, v in g.params().items()}
+    steps = {k: torch.randn(v.shape, generator=gen) * 10.0 ** float(torch.randint(-4, 0, (1,), generator=gen))
+             for k, v in params.items()}
+    for cfg in (TrustRegionConfig(), NO_BOXES):
+        want_clipped, want_hit = clip_step(params, steps, 1e-4, cfg)
+        got = {k: v.clone() for k, v in params.items()}
+        stats = BoundStats()
+        _clip_and_apply(got, iter([(k, v.clone()) for k, v in steps.items()]), 1e-4, cfg, stats)
+        for k in params:
+            assert torch.equal(got[k], params[k] + want_clipped[k]), k
+            assert stats.on_bound[k] == int(want_hit[k].sum()), k
+        assert any(stats.on_bound[k] > 0 for k in params)  # the steps were large enough to clip

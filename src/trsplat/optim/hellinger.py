@@ -184,7 +184,7 @@ _LN_FLOOR = 1e-20
 _BETA_FLOOR = 1e-20
 _PARAM_NAMES = ("means", "log_scales", "quats", "opacity_logits", "sh_dc", "sh_rest")
 # Which raw tensors each parameter type's radius depends on.
-_NEEDS: dict[str, tuple[str, ...]] = {
+RADIUS_INPUTS: dict[str, tuple[str, ...]] = {
     "means": ("log_scales", "quats", "opacity_logits"),
     "log_scales": ("opacity_logits",),
     "quats": ("log_scales", "quats", "opacity_logits"),
@@ -661,9 +661,9 @@ def _check_request(params: Mapping[str, Tensor], eps: float, names: Iterable[str
     _check_eps(eps)
     names = tuple(names)
     for name in names:
-        if name not in _NEEDS:
+        if name not in RADIUS_INPUTS:
             raise KeyError(f"unknown Gaussian parameter {name!r}; expected one of {', '.join(_PARAM_NAMES)}")
-        missing = [k for k in _NEEDS[name] if k not in params]
+        missing = [k for k in RADIUS_INPUTS[name] if k not in params]
         if missing:
             raise KeyError(f"clipping {name!r} needs params {', '.join(missing)}")
     return names
@@ -760,7 +760,7 @@ _KERNEL_DTYPES = (torch.float32, torch.float64)
 def _param_shapes(params: Mapping[str, Tensor], names: Iterable[str]) -> dict[str, tuple[int, ...]] | None:
     """Shapes of the params that clipping ``names`` reads, if they have the standard layout
     (opacity (N,), log_scales (N,3), quats (N,4), sh_dc (N,1,3), sh_rest (N,K,3)), else None."""
-    needed = {k for name in names for k in _NEEDS[name]}
+    needed = {k for name in names for k in RADIUS_INPUTS[name]}
     n = params["opacity_logits"].shape[0] if params["opacity_logits"].dim() == 1 else -1
     k = params["sh_rest"].shape[1] if "sh_rest" in needed and params["sh_rest"].dim() == 3 else -1
     standard = {"opacity_logits": (n,), "log_scales": (n, 3), "quats": (n, 4), "sh_dc": (n, 1, 3),
@@ -780,7 +780,7 @@ def cpu_unsupported_reason(params: Mapping[str, Tensor], step: Mapping[str, Tens
     """
     if cfg.compute_dtype != torch.float64:
         return f"compute_dtype must be float64, got {cfg.compute_dtype}"
-    needed = [params[k] for k in sorted({k for name in step for k in _NEEDS[name]})]
+    needed = [params[k] for k in sorted({k for name in step for k in RADIUS_INPUTS[name]})]
     if any(t.device.type != "cpu" for t in needed + list(step.values())):
         return "all params and steps must be CPU tensors"
     # (a step that is not floating point at all is rejected by the checks both backends share)

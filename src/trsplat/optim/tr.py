@@ -26,7 +26,7 @@ import torch
 from trsplat.gaussians import Gaussians
 from trsplat.optim.adam import GaussianAdam
 from trsplat.optim.curvature import CurvatureEstimator
-from trsplat.optim.hellinger import TrustRegionConfig, clip_step
+from trsplat.optim.hellinger import RADIUS_INPUTS, TrustRegionConfig, clip_step
 from trsplat.optim.schedules import exponential_decay
 
 GUARDS = ("sophia", "abs", "raw")
@@ -57,20 +57,25 @@ def _clip_and_apply(params: dict[str, torch.Tensor], steps: Iterable[tuple[str, 
                     eps: float, cfg: TrustRegionConfig, stats: BoundStats) -> None:
     """Clip each proposed ``(name, step)`` to the radii at the current ``params``, then apply all.
 
-    The steps are consumed one parameter at a time (cleaned of NaN/inf in place and released),
-    so with a lazy ``steps`` the peak memory is one set of clipped steps plus one parameter's
-    temporaries. Every radius is computed from the parameters before any of them moves.
+    The steps are consumed one parameter at a time (cleaned of NaN/inf in place and released).
+    Every radius is computed from the parameters before any of them moves: a clipped step is
+    applied at once when no other parameter's radius reads that parameter (positions and SH
+    rest, 81% of the values), and kept until the end otherwise. With a lazy ``steps`` the peak
+    memory is therefore one parameter's step and temporaries plus the small deferred steps.
     """
     with torch.no_grad():
         current = {k: v.detach() for k, v in params.items()}
-        clipped = {}
+        deferred = {}
         for name, st in steps:
             st = torch.nan_to_num_(st, nan=0.0, posinf=0.0, neginf=0.0)
             out, on_bound = clip_step(current, {name: st}, eps, cfg)
             stats.add(on_bound, {name: st != 0})
-            clipped[name] = out[name]
+            if any(name in RADIUS_INPUTS[other] for other in RADIUS_INPUTS if other != name):
+                deferred[name] = out[name]
+            else:
+                params[name].add_(out[name])
             del st, out, on_bound
-        for name, c in clipped.items():
+        for name, c in deferred.items():
             params[name].add_(c)
 
 
@@ -155,8 +160,11 @@ class TrustRegionNewton:
     def step(self, iteration: int, context=None) -> None:
         with torch.no_grad():
             for k, p in self.params.items():
-                g = torch.zeros_like(p) if p.grad is None else torch.nan_to_num(p.grad)
-                self.grad_ema[k].mul_(self.theta1).add_(g, alpha=1 - self.theta1)
+                if p.grad is not None:  # (no gradient: the EMA decays towards zero)
+                    self.grad_ema[k].mul_(self.theta1).add_(torch.nan_to_num_(p.grad), alpha=1 - self.theta1)
+                else:
+                    self.grad_ema[k].mul_(self.theta1)
+                p.grad = None  # consumed: free it before the curvature renders (peak memory)
         self.n_steps += 1
         if self.needs_curvature(iteration) and self.estimator.kind != "none":
             views = context.curvature_views(self.generator)
