@@ -1,12 +1,12 @@
-"""Projection with hand-written CPU derivatives: same primal as :func:`project`, fast VJP and JVP.
+"""The projection of the ``cpu`` backend: :func:`project` as numba kernels, forward, VJP and JVP.
 
 :func:`project_cpu` has the signature and the results of
-:func:`trsplat.render.project.project`. Its primal outputs are *computed by* ``project()`` (so
-they are bit-identical: culling, radii and tile rectangles cannot change), but they come out of
-a ``torch.autograd.Function`` whose ``backward`` (VJP) and ``jvp`` are numba kernels, one
-``prange`` pass over the visible Gaussians in float64, instead of torch's autograd graph of ~150
-small tensor ops per pass. Gradients and tangents agree with torch's to float32 rounding
-(~1e-6 relative).
+:func:`trsplat.render.project.project`. It is a ``torch.autograd.Function`` whose forward
+(:func:`project_forward_kernel`), ``backward`` (VJP) and ``jvp`` are each one ``prange`` pass
+over the Gaussians in float64, instead of torch's ~150 small tensor ops per pass and their
+autograd graph. ``project()`` also computes in float64 (see its module doc), so both cull the
+same Gaussians, give the same radii and tile rectangles, and agree to float32 rounding in every
+output, gradient and tangent (tested).
 
 The derivatives follow the torch code exactly, including its piecewise choices: the x/z, y/z
 clamp of the Jacobian passes gradient only inside [lo, hi] (inclusive, as ``torch.clamp``),
