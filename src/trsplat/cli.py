@@ -12,7 +12,7 @@ from pathlib import Path
 
 from trsplat.config import OPTIMIZERS, TrainConfig
 from trsplat.errors import TrsplatError
-from trsplat.malloc_tuning import tune_malloc
+from trsplat.process_tuning import tune_process
 
 HELP = {
     "optimizer": f"optimiser: {', '.join(OPTIMIZERS)}",
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    tune_malloc()
+    tune_process()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -33,7 +33,7 @@ from typing import Any
 
 from trsplat.bench.render_bench import DEFAULT_DATA, _rss, machine_info
 from trsplat.errors import TrsplatError
-from trsplat.malloc_tuning import tune_malloc
+from trsplat.process_tuning import tune_process
 from trsplat.io_utils import write_json
 
 # top-level parts: (file fragment, function name), counted only where train_step calls them
@@ -171,7 +171,7 @@ def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "--worker":
-        tune_malloc()  # as the trsplat command does
+        tune_process()  # as the trsplat command does
         task = json.loads(sys.argv[2])
         print(json.dumps(profile_training(task.pop("data"), task.pop("optimizer"), **task)))
         sys.exit(0)

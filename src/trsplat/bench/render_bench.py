@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from trsplat.malloc_tuning import tune_malloc
+from trsplat.process_tuning import tune_process
 
 DEFAULT_DATA = Path(__file__).resolve().parents[4] / "shared" / "data" / "nerf_synthetic_chair"
 if not DEFAULT_DATA.exists():  # installed elsewhere: fall back to the project's shared folder
@@ -700,7 +700,7 @@ def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "--worker":
-        tune_malloc()  # as the trsplat command does
+        tune_process()  # as the trsplat command does
         print(json.dumps(_worker_main(json.loads(sys.argv[2]))))
         sys.exit(0)
     _p = argparse.ArgumentParser(prog="python -m trsplat.bench.render_bench")
