@@ -112,6 +112,13 @@ def _sh_basis(degree, x, y, z, basis, grad):
 
 
 @njit(inline="always")
+def _geometry_scratch():
+    """Per-thread scratch arrays of :func:`_geometry` (pv, qn, rq, s, mm, pm, jac, tmat, cov)."""
+    return (np.empty(3), np.empty(4), np.empty((3, 3)), np.empty(3), np.empty((3, 3)),
+            np.empty((2, 3)), np.empty((2, 3)), np.empty((2, 3)), np.empty((2, 2)))
+
+
+@njit(inline="always")
 def _geometry(i, n, means, log_scales, quats, rot_v, trans_v, fx, fy, lims, pv, qn, rq, s, mm,
               pm, jac, tmat, cov):
     """Recompute the forward pass of one Gaussian in float64; returns (|q|, in_x, in_y, xz, yz)."""
@@ -173,15 +180,7 @@ def project_forward_kernel(means, log_scales, quats, opacity_logits, sh, rot_v, 
     grid_y = (height + tile - 1) // tile
     chunk = 256
     for ci in prange((n_all + chunk - 1) // chunk):
-        pv = np.empty(3)
-        qn = np.empty(4)
-        rq = np.empty((3, 3))
-        s = np.empty(3)
-        mm = np.empty((3, 3))
-        pm = np.empty((2, 3))
-        jac = np.empty((2, 3))
-        tmat = np.empty((2, 3))
-        cov = np.empty((2, 2))
+        pv, qn, rq, s, mm, pm, jac, tmat, cov = _geometry_scratch()
         basis = np.empty(16)
         bgrad = np.empty((16, 3))
         for n in range(ci * chunk, min(n_all, (ci + 1) * chunk)):
@@ -246,15 +245,7 @@ def project_vjp_kernel(means, log_scales, quats, sh, ids, colors_out, opac_out, 
     chunk = 256
     n_vis = ids.shape[0]
     for ci in prange((n_vis + chunk - 1) // chunk):
-        pv = np.empty(3)
-        qn = np.empty(4)
-        rq = np.empty((3, 3))
-        s = np.empty(3)
-        mm = np.empty((3, 3))
-        pm = np.empty((2, 3))
-        jac = np.empty((2, 3))
-        tmat = np.empty((2, 3))
-        cov = np.empty((2, 2))
+        pv, qn, rq, s, mm, pm, jac, tmat, cov = _geometry_scratch()
         gsym = np.empty((2, 2))
         d_p = np.empty((2, 3))
         d_t = np.empty((2, 3))
@@ -397,15 +388,7 @@ def project_jvp_kernel(means, log_scales, quats, sh, ids, colors_out, opac_out, 
     chunk = 256
     n_vis = ids.shape[0]
     for ci in prange((n_vis + chunk - 1) // chunk):
-        pv = np.empty(3)
-        qn = np.empty(4)
-        rq = np.empty((3, 3))
-        s = np.empty(3)
-        mm = np.empty((3, 3))
-        pm = np.empty((2, 3))
-        jac = np.empty((2, 3))
-        tmat = np.empty((2, 3))
-        cov = np.empty((2, 2))
+        pv, qn, rq, s, mm, pm, jac, tmat, cov = _geometry_scratch()
         jd = np.empty((2, 3))
         td = np.empty((2, 3))
         qd = np.empty(4)
