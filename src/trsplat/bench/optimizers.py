@@ -72,6 +72,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from trsplat.bench.machine import cpu_model, memory_bytes, usable_cores
 from trsplat.config import TrainConfig
 from trsplat.errors import TrsplatError
 from trsplat.io_utils import atomic_write, write_json
@@ -1452,26 +1453,8 @@ def _gap(gap: dict[str, Any], key: str, k: int, digits: str = "+.2f") -> str:
 # =================================================================================================
 def machine_info() -> dict[str, Any]:
     """CPU model, cores, memory, platform and library versions (cheap: no kernel compile)."""
-    model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
-    mem = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    info: dict[str, Any] = {"host": platform.node(), "cpu_model": model, "cores": cores, "memory_bytes": mem,
+    info: dict[str, Any] = {"host": platform.node(), "cpu_model": cpu_model(), "cores": usable_cores(),
+                            "memory_bytes": memory_bytes(),
                             "platform": platform.platform(), "python": platform.python_version()}
     try:
         import torch

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from trsplat.bench.machine import cpu_model, memory_bytes, usable_cores
 from trsplat.process_tuning import tune_process
 
 DEFAULT_DATA = Path(__file__).resolve().parents[4] / "shared" / "data" / "nerf_synthetic_chair"
@@ -182,38 +183,15 @@ def make_scene(case: BenchCase, data_dir=DEFAULT_DATA):
 
 
 # -- machine --------------------------------------------------------------------------------------
-def machine_memory_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def machine_info() -> dict[str, Any]:
     import numba
     import numpy
     import torch
 
-    model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
-    mem = machine_memory_bytes()
     return {
-        "cpu_model": model,
-        "cores": cores,
-        "memory_bytes": mem,
+        "cpu_model": cpu_model(),
+        "cores": usable_cores(),
+        "memory_bytes": memory_bytes(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -327,7 +305,7 @@ def measure_case(case: BenchCase, backend: str, repeats: int = 5, max_reference_
     if backend == "reference":
         est = pairs * REFERENCE_S_PER_PAIR
         mem = pairs * REFERENCE_BYTES_PER_PAIR
-        total = machine_memory_bytes()
+        total = memory_bytes()
         result["reference_estimated_s_per_iteration"] = est
         result["reference_estimated_peak_bytes"] = mem
         reasons = []
