@@ -35,6 +35,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from trsplat.render import cpu_kernels as K
+from trsplat.render import composite_autograd as glue
 from trsplat.render.composite_reference import composite_reference
 from trsplat.render.tiles import TileBins
 
@@ -114,27 +115,6 @@ def _outputs(image, t_final):
     return img, alpha, tf
 
 
-def _is_functorch(t: torch.Tensor) -> bool:
-    return torch._C._functorch.is_functorch_wrapped_tensor(t)
-
-
-def _primal(t: torch.Tensor) -> torch.Tensor:
-    """``t`` without a forward-AD tangent (functorch-wrapped tensors are left alone)."""
-    if _is_functorch(t):
-        return t
-    return fwAD.unpack_dual(t).primal
-
-
-class _Fused:
-    """Primal and tangent precomputed by the fused JVP kernel (forward_ad fast path)."""
-
-    __slots__ = ("primal", "tangent")
-
-    def __init__(self, primal, tangent):
-        self.primal = primal
-        self.tangent = tangent
-
-
 def _tangent_outputs(image_dot, alpha_dot, t_final, bg_dot):
     img_d = torch.from_numpy(image_dot)
     if bg_dot is not None:
@@ -159,55 +139,15 @@ class _CompositeCPU(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        (means2d, conics, features, opacities, background, splat_ids, tile_offsets,
-         grid_x, grid_y, width, height, fused) = inputs
-        _, _, t_final, n_used = output
-        ctx.mark_non_differentiable(t_final, n_used)
-        ctx.save_for_backward(means2d, conics, features, opacities, background, splat_ids,
-                              tile_offsets, t_final, n_used)
-        ctx.save_for_forward(means2d, conics, features, opacities, background, splat_ids,
-                             tile_offsets)
-        ctx.meta = (grid_x, grid_y, width, height)
-        ctx.fused = fused
-        ctx.set_materialize_grads(False)
+        glue.setup_context(ctx, inputs, output)
 
     @staticmethod
     def backward(ctx, g_image, g_alpha, _g_t, _g_n):
-        (means2d, conics, features, opacities, background, splat_ids, tile_offsets,
-         t_final, n_used) = ctx.saved_tensors
-        grid_x, grid_y, width, height = ctx.meta
-        n_ch = features.shape[1]
-        if g_image is None and g_alpha is None:
-            return (None,) * 12
-        if g_image is None:
-            g_image = torch.zeros((height, width, n_ch), dtype=torch.float32)
-        if g_alpha is None:
-            g_alpha = torch.zeros((height, width), dtype=torch.float32)
-        # Saved inputs are still dual tensors when a JVP forward is followed by this backward
-        # (the optimizer's pattern): drop the tangents, the VJP does not need them.
-        grads = _CompositeCPUVJP.apply(
-            *map(_primal, (means2d, conics, features, opacities, background)), splat_ids,
-            tile_offsets, t_final, n_used, _primal(g_image), _primal(g_alpha),
-            (grid_x, grid_y, width, height))
-        gm, gc, gf, go, gbg = grads
-        need = ctx.needs_input_grad
-        return (gm if need[0] else None, gc if need[1] else None, gf if need[2] else None,
-                go if need[3] else None, gbg if need[4] else None) + (None,) * 7
+        return glue.backward(ctx, g_image, g_alpha, _CompositeCPUVJP)
 
     @staticmethod
     def jvp(ctx, dm, dc, df, do, dbg, *_rest):
-        fused = ctx.fused
-        if fused is not None and fused.tangent is not None:
-            img_d, alpha_d = fused.tangent
-            ctx.fused = None
-            return img_d, alpha_d, None, None
-        means2d, conics, features, opacities, background, splat_ids, tile_offsets = (
-            ctx.saved_tensors)
-        grid_x, grid_y, width, height = ctx.meta
-        img_d, alpha_d = _CompositeCPUJVP.apply(
-            means2d, conics, features, opacities, background, splat_ids, tile_offsets,
-            dm, dc, df, do, dbg, (grid_x, grid_y, width, height))
-        return img_d, alpha_d, None, None
+        return glue.jvp(ctx, dm, dc, df, do, dbg, _CompositeCPUJVP)
 
     @staticmethod
     def vmap(info, in_dims, *args):
@@ -279,7 +219,7 @@ class _CompositeCPUJVP(torch.autograd.Function):
 
 def _fused_forward_ad(tensors, splat_ids, tile_offsets, grid_x, grid_y, width, height):
     """If some input is a forward_ad dual tensor, run the fused primal+tangent kernel."""
-    if any(_is_functorch(t) for t in tensors):
+    if any(glue.is_functorch(t) for t in tensors):
         return None
     tangents = [fwAD.unpack_dual(t).tangent for t in tensors]
     if all(t is None for t in tangents):
@@ -293,7 +233,7 @@ def _fused_forward_ad(tensors, splat_ids, tile_offsets, grid_x, grid_y, width, h
         _np32(background))
     img, alpha, tf = _outputs(image, t_final)
     tangent = _tangent_outputs(image_dot, alpha_dot, tf, dbg)
-    return _Fused((img, alpha, tf, torch.from_numpy(n_used)), tangent)
+    return glue.Fused((img, alpha, tf, torch.from_numpy(n_used)), tangent)
 
 
 def composite_cpu(

@@ -43,6 +43,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from trsplat.errors import TrsplatError
+from trsplat.render import composite_autograd as glue
 from trsplat.render.composite_reference import composite_reference
 from trsplat.render.tiles import TileBins
 
@@ -211,27 +212,6 @@ def _run_vjp(means2d, conics, opacities, features, splat_ids, tile_offsets, grid
 
 
 # -- autograd -------------------------------------------------------------------------------------
-def _is_functorch(t: torch.Tensor) -> bool:
-    return torch._C._functorch.is_functorch_wrapped_tensor(t)
-
-
-def _primal(t: torch.Tensor) -> torch.Tensor:
-    """``t`` without a forward-AD tangent (functorch-wrapped tensors are left alone)."""
-    if _is_functorch(t):
-        return t
-    return fwAD.unpack_dual(t).primal
-
-
-class _Fused:
-    """Primal and tangent precomputed by the fused JVP kernel (forward_ad fast path)."""
-
-    __slots__ = ("primal", "tangent")
-
-    def __init__(self, primal, tangent):
-        self.primal = primal
-        self.tangent = tangent
-
-
 def _tangent_outputs(image_dot, alpha_dot, t_final, bg_dot):
     if bg_dot is not None:
         image_dot = image_dot + t_final[..., None] * _c32(bg_dot)
@@ -253,55 +233,15 @@ class _CompositeCUDA(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        (means2d, conics, features, opacities, background, splat_ids, tile_offsets,
-         grid_x, grid_y, width, height, fused) = inputs
-        _, _, t_final, n_used = output
-        ctx.mark_non_differentiable(t_final, n_used)
-        ctx.save_for_backward(means2d, conics, features, opacities, background, splat_ids,
-                              tile_offsets, t_final, n_used)
-        ctx.save_for_forward(means2d, conics, features, opacities, background, splat_ids,
-                             tile_offsets)
-        ctx.meta = (grid_x, grid_y, width, height)
-        ctx.fused = fused
-        ctx.set_materialize_grads(False)
+        glue.setup_context(ctx, inputs, output)
 
     @staticmethod
     def backward(ctx, g_image, g_alpha, _g_t, _g_n):
-        (means2d, conics, features, opacities, background, splat_ids, tile_offsets,
-         t_final, n_used) = ctx.saved_tensors
-        grid_x, grid_y, width, height = ctx.meta
-        if g_image is None and g_alpha is None:
-            return (None,) * 12
-        dev = features.device
-        if g_image is None:
-            g_image = torch.zeros((height, width, features.shape[1]), dtype=torch.float32,
-                                  device=dev)
-        if g_alpha is None:
-            g_alpha = torch.zeros((height, width), dtype=torch.float32, device=dev)
-        # Saved inputs are still dual tensors when a JVP forward is followed by this backward
-        # (the optimizer's pattern): drop the tangents, the VJP does not need them.
-        gm, gc, gf, go, gbg = _CompositeCUDAVJP.apply(
-            *map(_primal, (means2d, conics, features, opacities, background)), splat_ids,
-            tile_offsets, t_final, n_used, _primal(g_image), _primal(g_alpha),
-            (grid_x, grid_y, width, height))
-        need = ctx.needs_input_grad
-        return (gm if need[0] else None, gc if need[1] else None, gf if need[2] else None,
-                go if need[3] else None, gbg if need[4] else None) + (None,) * 7
+        return glue.backward(ctx, g_image, g_alpha, _CompositeCUDAVJP)
 
     @staticmethod
     def jvp(ctx, dm, dc, df, do, dbg, *_rest):
-        fused = ctx.fused
-        if fused is not None and fused.tangent is not None:
-            img_d, alpha_d = fused.tangent
-            ctx.fused = None
-            return img_d, alpha_d, None, None
-        means2d, conics, features, opacities, background, splat_ids, tile_offsets = (
-            ctx.saved_tensors)
-        grid_x, grid_y, width, height = ctx.meta
-        img_d, alpha_d = _CompositeCUDAJVP.apply(
-            means2d, conics, features, opacities, background, splat_ids, tile_offsets,
-            dm, dc, df, do, dbg, (grid_x, grid_y, width, height))
-        return img_d, alpha_d, None, None
+        return glue.jvp(ctx, dm, dc, df, do, dbg, _CompositeCUDAJVP)
 
     @staticmethod
     def vmap(info, in_dims, *args):
@@ -358,7 +298,7 @@ class _CompositeCUDAJVP(torch.autograd.Function):
 
 def _fused_forward_ad(tensors, splat_ids, tile_offsets, grid_x, grid_y, width, height):
     """If some input is a forward_ad dual tensor, run the fused primal+tangent kernel."""
-    if any(_is_functorch(t) for t in tensors):
+    if any(glue.is_functorch(t) for t in tensors):
         return None
     tangents = [fwAD.unpack_dual(t).tangent for t in tensors]
     if all(t is None for t in tangents):
@@ -369,7 +309,7 @@ def _fused_forward_ad(tensors, splat_ids, tile_offsets, grid_x, grid_y, width, h
         means2d, conics, opacities, features, (dm, dc, do, df), splat_ids, tile_offsets,
         grid_x, grid_y, width, height, background)
     tangent = _tangent_outputs(image_dot, alpha_dot, t_final, dbg)
-    return _Fused((image, 1.0 - t_final, t_final, n_used), tangent)
+    return glue.Fused((image, 1.0 - t_final, t_final, n_used), tangent)
 
 
 def composite_cuda(
