@@ -378,3 +378,13 @@ def test_end_to_end_micro_study(tmp_path) -> None:
                                            out)] == ["skip", "skip"]
     assert ob.main(_args(out, only_aggregate=True)) == 0
     assert (out / "plots" / "psnr_synthetic.png").is_file()
+    # reduced to what git keeps of a study (config.json + metrics.json per run), it is still finished
+    for variant in ("adam", "tr-hutchinson-paper"):
+        run = ob.run_dir(out, "synthetic", variant, 0)
+        assert json.loads((run / "metrics.json").read_text())["finished"] is True
+        for heavy in ("point_cloud.ply", "checkpoint.pt"):
+            (run / heavy).unlink()
+    assert [t.action for t in ob.plan_runs(ob.StudySpec.from_dict(json.loads((out / "study.json").read_text())),
+                                           out)] == ["skip", "skip"]
+    assert ob.main(_args(out, only_aggregate=True)) == 0
+    assert json.loads((out / "results.json").read_text())["run_states"]["finished"] == 2

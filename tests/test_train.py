@@ -35,6 +35,7 @@ def test_train_writes_all_outputs(tiny_scene, tmp_path) -> None:
     assert [e["iteration"] for e in metrics["evals"]] == [6, 12]
     on_disk = json.loads((run / "metrics.json").read_text())
     assert on_disk["n_gaussians"] == 300 and on_disk["scene"]
+    assert on_disk["finished"] is True  # recorded once the PLY is written
     for key in ("psnr", "ssim", "train_seconds", "peak_rss_bytes", "peak_cuda_bytes"):
         assert key in on_disk["evals"][-1]
     assert on_disk["evals"][1]["train_seconds"] >= on_disk["evals"][0]["train_seconds"] > 0

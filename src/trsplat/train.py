@@ -154,12 +154,15 @@ class Trainer:
         self.state = RunState(ckpt["iteration"], ckpt["train_seconds"], ckpt["evals"])
 
     # -- outputs ----------------------------------------------------------------------------
-    def write_metrics(self) -> None:
+    def write_metrics(self, finished: bool = False) -> None:
+        """``finished`` is set once the final PLY is written: a copy of ``metrics.json`` and
+        ``config.json`` alone (the committed study results) then still says the run completed."""
         write_json(self.out / METRICS, {
             "scene": self.scene.name,
             "config": self.cfg.to_dict(),
             "n_gaussians": len(self.gaussians),
             "backend": self.backend,
+            "finished": finished,
             "evals": self.state.evals,
         })
 
@@ -245,6 +248,7 @@ class Trainer:
             bar.close()
         save_ply(self.gaussians, self.out / PLY)
         self.save_checkpoint()
+        self.write_metrics(finished=True)
         return json.loads((self.out / METRICS).read_text())
 
 

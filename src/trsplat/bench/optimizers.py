@@ -460,13 +460,20 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+def _completed(path: Path, metrics: dict[str, Any] | None, last_eval: int, iters: int) -> bool:
+    """A run is complete when its last eval is at ``iters`` and the trainer wrote the PLY, which
+    ``metrics.json`` records as ``"finished": true`` (so a folder reduced to ``metrics.json`` and
+    ``config.json``, as committed under ``benchmarks/results/``, stays finished)."""
+    return last_eval == iters and (bool((metrics or {}).get("finished")) or (path / PLY).is_file())
+
+
 def run_state(path: str | Path, iters: int) -> str:
-    """``"finished"`` (last eval at ``iters`` and the PLY written), ``"interrupted"`` (a checkpoint
-    to resume from) or ``"missing"``."""
+    """``"finished"`` (see :func:`_completed`), ``"interrupted"`` (a checkpoint to resume from) or
+    ``"missing"``."""
     path = Path(path)
     metrics = _read_json(path / METRICS)
     evals = (metrics or {}).get("evals") or []
-    if evals and max(e.get("iteration", 0) for e in evals) == iters and (path / PLY).is_file():
+    if evals and _completed(path, metrics, max(e.get("iteration", 0) for e in evals), iters):
         return "finished"
     if (path / CHECKPOINT).is_file():
         return "interrupted"
@@ -787,7 +794,7 @@ def load_run(path: str | Path, iters: int, failed: bool = False) -> RunData:
     for e in sorted(evals_raw, key=lambda e: e.get("iteration", 0)):
         evals[int(e["iteration"])] = {k: _num(e.get(k)) for k in EVAL_VALUES}
     last = max(evals)
-    finished = last == iters and (path / PLY).is_file()
+    finished = _completed(path, metrics, last, iters)
     rss = [e.get("peak_rss_bytes") for e in evals_raw if e.get("peak_rss_bytes") is not None]
     cuda = [e.get("peak_cuda_bytes") for e in evals_raw if e.get("peak_cuda_bytes") is not None]
     state = "finished" if finished else ("failed" if failed else "partial")
