@@ -166,7 +166,9 @@ def plot_memory(spec, items: list[tuple[str, dict[str, Any]]], path: Path) -> No
                      fontsize=9)
         if top > 0:
             ax.set_ylim(0, top * 1.45)
-        ax.legend(fontsize=7, ncol=3, loc="upper center")
+            ax.legend(fontsize=7, ncol=3, loc="upper center")
+        else:
+            ax.text(0.5, 0.5, "no finished runs yet", transform=ax.transAxes, ha="center", va="center")
     fig.tight_layout()
     _save(fig, path)
 
