@@ -17,12 +17,12 @@ OUT=benchmarks/results/study-7k
 first=${1:-1}
 
 KEY="adam,tr-hutchinson-paper,tr-hutchinson-rebuttal,tr-none-rebuttal"
-MORE="$KEY,tr-none-paper,adam-tr-rebuttal"
-ALL="$MORE,adam-tr-paper,tr-gnb-paper,tr-gnb-rebuttal"
+MORE="$KEY,tr-none-paper"
+ALL="$MORE,adam-tr-paper,adam-tr-rebuttal,tr-gnb-paper,tr-gnb-rebuttal"
 steps=(
     "colmap_bird $KEY"        # 1: Adam, 3DGS²-TR at both ε, and its curvature-free control (rebuttal ε)
-    "colmap_bird $MORE"       # 2: the curvature control at the paper's ε, ADAM-TR
-    "colmap_bird $ALL"        # 3: the rest of the 9 variants
+    "colmap_bird $MORE"       # 2: the curvature-free control at the paper's ε
+    "colmap_bird $ALL"        # 3: the rest of the 9 variants (ADAM-TR, gnb)
     "synthetic $ALL"          # 4
     "nerf_synthetic_chair $ALL"  # 5
 )
