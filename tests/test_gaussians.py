@@ -57,3 +57,11 @@ def test_init_from_points_follows_3dgs() -> None:
     assert torch.allclose(g.sh_dc[:, 0] * SH_C0 + 0.5, cols, atol=1e-6)
     assert torch.equal(g.rotations, torch.tensor([[1.0, 0, 0, 0]]).repeat(5, 1))
     assert g.sh_rest.abs().sum() == 0
+
+
+def test_count_alive_uses_the_compositing_threshold() -> None:
+    g = random_gaussians(4, 0)
+    # opacities just above / below 1/255, and two clearly on either side
+    opacity = torch.tensor([1 / 255 * 1.01, 1 / 255 * 0.99, 0.5, 1e-6], dtype=torch.float64)
+    g.opacity_logits = torch.log(opacity / (1 - opacity)).to(g.opacity_logits.dtype)
+    assert g.count_alive() == 2

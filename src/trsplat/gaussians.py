@@ -100,6 +100,14 @@ class Gaussians:
         """(N,) opacities in (0, 1)."""
         return torch.sigmoid(self.opacity_logits)
 
+    def count_alive(self) -> int:
+        """Gaussians with opacity ≥ 1/255, the compositing threshold. The others never reach it
+        (alpha = opacity × falloff ≤ opacity), so they get no gradient and, without
+        densification or an opacity reset, never come back."""
+        from trsplat.render.composite_reference import ALPHA_MIN
+
+        return int((self.opacities.detach() >= ALPHA_MIN).sum())
+
     @property
     def sh(self) -> torch.Tensor:
         """(N, 16, 3) all SH coefficients, coefficient-major."""

@@ -178,7 +178,8 @@ class Trainer:
             background=self.background, backend=self.backend, lpips=self.cfg.lpips,
             save_dir=self.out / "renders" / f"iter_{iteration}", n_saved=self.cfg.n_saved_renders,
         )
-        record = {"iteration": iteration, **metrics, "train_seconds": self.state.train_seconds,
+        record = {"iteration": iteration, **metrics, "n_alive": self.gaussians.count_alive(),
+                  "train_seconds": self.state.train_seconds,
                   "seconds_per_iteration": self.state.train_seconds / max(iteration, 1),
                   "peak_rss_bytes": self._run_peak("peak_rss_bytes", peak_rss_bytes()),
                   "peak_cuda_bytes": self._run_peak("peak_cuda_bytes", peak_cuda_bytes())}
