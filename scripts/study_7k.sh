@@ -7,8 +7,9 @@
 # config.json and metrics.json in git (benchmarks/results/study-7k/runs/), so a fresh clone
 # resumes the grid where the last commit left it; an interrupted run resumes from its local
 # checkpoint when there is one, and starts again otherwise. Stop at any time (Ctrl-C / kill);
-# run the script again to go on. On this VM a bird run takes ~16 min, a synthetic one ~12 min
-# and a chair one (100k Gaussians) ~55 min, at one thread next to another run.
+# run the script again to go on. Measured on the 2-core VM (one thread, next to another run), a
+# bird run takes 19-21 min with adam and 23-26 min with tr-hutchinson, evaluations included;
+# synthetic (~12 min) and chair (~55 min, 100k Gaussians) are estimates from shorter runs.
 #
 # Usage: bash scripts/study_7k.sh [FIRST_STEP]   (default 1; see the steps below)
 set -uo pipefail
