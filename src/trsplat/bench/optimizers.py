@@ -356,7 +356,8 @@ def _paper_variants() -> dict[str, dict[str, Any]]:
 
 
 def _ablation_variants() -> dict[str, dict[str, Any]]:
-    """3DGS²-TR (Hutchinson, paper ε) with one decision changed each (see docs/optimizer.md)."""
+    """3DGS²-TR (Hutchinson, paper ε) with one decision changed each (see docs/optimizer.md), and
+    the opacity guard at the rebuttal ε."""
     hut = dict(optimizer="tr", curvature="hutchinson", eps="paper")
     return {
         "tr-hutchinson-small": _variant_entry("tr", "hutchinson", "small"),
@@ -369,6 +370,12 @@ def _ablation_variants() -> dict[str, dict[str, Any]]:
         "tr-hutchinson-paper-l2-residual": _variant_entry(**hut, residual_form="l2"),
         "tr-hutchinson-paper-bias-correction": _variant_entry(**hut, bias_correction=True),
         "tr-hutchinson-paper-interval1": _variant_entry(**hut, curvature_interval=1),
+        # the opacity guard: the rebuttal's larger ε for every parameter but opacity, whose radius
+        # stays at the paper's ε (ε_op = 0.1·ε), with its curvature-free control. Asks whether
+        # larger radii let the curvature pay once they no longer kill Gaussians.
+        "tr-hutchinson-rebuttal-opacity-eps0.1": _variant_entry("tr", "hutchinson", "rebuttal",
+                                                                tr_opacity_eps_scale=0.1),
+        "tr-none-rebuttal-opacity-eps0.1": _variant_entry("tr", "none", "rebuttal", tr_opacity_eps_scale=0.1),
     }
 
 
@@ -394,14 +401,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "scenes": _paper_scenes(), "variants": _paper_variants(),
     },
     "ablations": {
-        "description": "3DGS²-TR ablations (one decision changed each) against adam, tr-hutchinson-paper "
-                       "and tr-none-paper, same scenes and protocol as paper-study",
+        "description": "3DGS²-TR ablations (one decision changed each) against adam and tr-{hutchinson,none}-"
+                       "{paper,rebuttal}, same scenes and protocol as paper-study",
         "iters": 30_000, "seeds": [0, 1, 2], "eval_fraction": 0.1, "table_fractions": [7 / 30, 0.5, 1.0],
         "reference": "adam", "common": {"lpips": True},
         "scenes": _paper_scenes(),
         "variants": {"adam": _variant_entry("adam"),
                      "tr-hutchinson-paper": _variant_entry("tr", "hutchinson", "paper"),
                      "tr-none-paper": _variant_entry("tr", "none", "paper"),
+                     "tr-hutchinson-rebuttal": _variant_entry("tr", "hutchinson", "rebuttal"),
+                     "tr-none-rebuttal": _variant_entry("tr", "none", "rebuttal"),
                      **_ablation_variants()},
     },
     "quick": {
