@@ -232,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     optimizers.add_arguments(p)
     p.set_defaults(func=optimizers.main)
+    p = bench.add_parser("curvature", help="a tr run's curvature against a many-view Gauss-Newton "
+                         "diagonal, and how many Newton steps the trust region clips")
+    from trsplat.bench import curvature
+
+    curvature.add_arguments(p)
+    p.set_defaults(func=curvature.main)
     return parser
 
 
