@@ -97,6 +97,51 @@ def test_zero_gradient_gives_zero_step() -> None:
         assert torch.equal(getattr(g, k).detach(), getattr(start, k)), k
 
 
+def test_far_step_clips_to_the_radius_in_its_direction() -> None:
+    """median_radius_normalised reads each radius as the clip of a ±1e30 step: a step just inside
+    that radius passes unchanged, one just outside is clipped to it."""
+    from trsplat.optim.hellinger import clip_step
+    from trsplat.optim.tr import _FAR
+
+    g = random_gaussians(200, 5)
+    params = g.params()
+    gen = torch.Generator().manual_seed(2)
+    for name, p in params.items():
+        direction = torch.sign(torch.randn(p.shape, generator=gen))
+        radius = clip_step(params, {name: direction * _FAR}, 1e-6, TrustRegionConfig())[0][name].abs()
+        assert torch.isfinite(radius).all() and (radius > 0).float().mean() > 0.5, name
+        for factor, same in ((0.999, True), (1.001, False)):
+            step = direction * radius * factor
+            out, on_bound = clip_step(params, {name: step}, 1e-6, TrustRegionConfig())
+            live = radius > 1e-6  # well above float32 rounding of the interval ends
+            assert bool((on_bound[name][live] != same).all()), (name, factor)
+            if not same:
+                torch.testing.assert_close(out[name][live].abs(), radius[live], rtol=1e-5, atol=0, msg=name)
+
+
+def test_median_radius_norm_puts_half_the_steps_inside() -> None:
+    """After the normalisation, the median moving coordinate sits on its radius: about half of the
+    steps are clipped, against nearly all of the raw Newton steps; the directions are unchanged."""
+    g = random_gaussians(400, 6).requires_grad_(True)
+    curv = {k: torch.full_like(v, 1e-6) for k, v in g.params().items()}  # tiny D: huge Newton steps
+    shares = {}
+    for norm in ("none", "median-radius"):
+        h = g.clone().requires_grad_(True)
+        start = h.clone()
+        opt = TrustRegionNewton(h, estimator=ExactDiagonal(curv), tr=TrustRegionConfig(), theta1=0.0, theta2=0.0,
+                                interval=1, step_norm=norm)
+        sum(((v - 0.1) ** 2).sum() for v in h.params().values()).backward()
+        grads = {k: v.grad.clone() for k, v in h.params().items()}
+        opt.step(1, context=_Context())
+        shares[norm] = opt.stats.fractions()
+        for k, v in h.params().items():
+            moved = v.detach() - start.params()[k]
+            assert bool((moved * grads[k] <= 0).all()), (norm, k)  # a descent direction per coordinate
+    for k in shares["none"]:
+        assert shares["none"][k] > 0.9, k
+        assert 0.3 < shares["median-radius"][k] < 0.7, (k, shares["median-radius"][k])
+
+
 class _Frame:
     def __init__(self, camera, image):
         self.camera, self.image = camera, image

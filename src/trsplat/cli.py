@@ -31,6 +31,8 @@ HELP = {
     "n_saved_renders": "test renders written next to their ground truth at each evaluation",
     "lr_means_max_steps": "steps of the position-lr decay, as 3DGS (none: decay over the run length)",
     "checkpoint_every": "iterations between checkpoints",
+    "step_norm": "tr only: none (the paper) or median-radius (scale each tensor's Newton steps so their "
+                 "median |step|/radius is 1 before the clip, so the curvature, not only the bound, sets step sizes)",
 }
 
 

@@ -67,6 +67,8 @@ class TrainConfig:
     guard: str = "sophia"              # sophia | abs | raw: handling of D̂ <= 0 (spec §1.5)
     guard_floor: float = 1e-12         # floor of D̂ for the sophia/abs guards
     bias_correction: bool = False      # Adam-style bias correction of both EMAs (paper: off)
+    step_norm: str = "none"            # none (paper) | median-radius: rescale each tensor's Newton steps
+                                       # so their median |Δ|/radius is 1 before the clip (not in the paper)
     residual_form: str = "sqrt"        # sqrt (paper) | l2 (surrogate), spec §1.4
     residual_delta: float = 1e-6       # δ of the sqrt residual, per-pixel loss units
     # Hellinger trust region (trsplat.optim.hellinger.TrustRegionConfig; spec §2.4, §2.7)
@@ -112,6 +114,8 @@ class TrainConfig:
             raise TrsplatError(f"--curvature {self.curvature!r}: choose hutchinson, gnb or none")
         if self.guard not in ("sophia", "abs", "raw"):
             raise TrsplatError(f"--guard {self.guard!r}: choose sophia, abs or raw")
+        if self.step_norm not in ("none", "median-radius"):
+            raise TrsplatError(f"--step-norm {self.step_norm!r}: choose none or median-radius")
         if self.residual_form not in ("sqrt", "l2"):
             raise TrsplatError(f"--residual-form {self.residual_form!r}: choose sqrt or l2")
         for name in ("curvature_interval", "curvature_views", "n_probes", "grad_views"):

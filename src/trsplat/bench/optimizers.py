@@ -376,6 +376,11 @@ def _ablation_variants() -> dict[str, dict[str, Any]]:
         "tr-hutchinson-rebuttal-opacity-eps0.1": _variant_entry("tr", "hutchinson", "rebuttal",
                                                                 tr_opacity_eps_scale=0.1),
         "tr-none-rebuttal-opacity-eps0.1": _variant_entry("tr", "none", "rebuttal", tr_opacity_eps_scale=0.1),
+        # Newton steps rescaled per tensor so their median |Δ|/radius is 1: the curvature, not only
+        # the bound, sets step sizes. With `none` (D = 0) this is a per-tensor scaled gradient step,
+        # the first-order control.
+        **{f"tr-{c}-paper-median-radius": _variant_entry("tr", c, "paper", step_norm="median-radius")
+           for c in ("hutchinson", "gnb", "none")},
     }
 
 
