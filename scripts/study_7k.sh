@@ -9,7 +9,8 @@
 # checkpoint when there is one, and starts again otherwise. Stop at any time (Ctrl-C / kill);
 # run the script again to go on. Measured on the 2-core VM (one thread, next to another run), a
 # bird run takes 19-21 min with adam and 23-26 min with tr-hutchinson, evaluations included;
-# synthetic (~12 min) and chair (~55 min, 100k Gaussians) are estimates from shorter runs.
+# a chair run (100k Gaussians) took 99 min (adam) and 114 min (tr-hutchinson-paper) in the same
+# setting with a third job on the cores part of the time; synthetic (~12 min) is an estimate.
 #
 # Usage: bash scripts/study_7k.sh [FIRST_STEP]   (default 1; see the steps below)
 set -uo pipefail
