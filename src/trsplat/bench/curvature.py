@@ -30,31 +30,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from trsplat.bench.machine import command_line
 from trsplat.config import TrainConfig
 from trsplat.errors import TrsplatError
 from trsplat.io_utils import atomic_write, write_json
 from trsplat.optim.curvature import gauss_newton_bartlett, hutchinson, make_residual_fn
 from trsplat.optim.hellinger import TrustRegionConfig, clip_step
+from trsplat.optim.tr import guarded_newton_step
 from trsplat.train import CHECKPOINT, CONFIG, Trainer, active_sh_degree, prepare
 
 Params = dict[str, torch.Tensor]
 
 
 def on_bound(params: Params, g_hat: Params, d: Params, eps: float, cfg: TrustRegionConfig,
-             floor: float) -> dict[str, tuple[float, float]]:
-    """Per tensor: (share of the non-zero Newton steps −ĝ/max(D, floor) that the trust region
+             guard: str, floor: float) -> dict[str, tuple[float, float]]:
+    """Per tensor: (share of the non-zero Newton steps −ĝ/D (the run's guard) that the trust region
     clips, median |step| / |clipped step| over the clipped ones; NaN where there are none)."""
     out = {}
     for name, g in g_hat.items():
-        step = torch.nan_to_num(-g / d[name].clamp_min(floor), nan=0.0, posinf=0.0, neginf=0.0)
-        step.masked_fill_(g == 0, 0.0)
+        step = guarded_newton_step(g, d[name], guard, floor)
         clipped, mask = clip_step(params, {name: step}, eps, cfg)
         moving = step != 0
         reduced = mask[name] & moving & (clipped[name] != 0)
@@ -112,10 +112,11 @@ def diagnose(trainer: Trainer, *, views: int = 32, probes: int = 4) -> dict[str,
     d_ref = gauss_newton_bartlett(params, frames, residual_fn, gen, n_probes=probes)
     d_hut = hutchinson(params, frames, residual_fn, gen)
     bias = 1 - opt.theta2 ** max(opt.n_curvature_updates, 1)
+    eps = opt.eps_at(it)
     d_ema = opt.curv_ema
     choices = {"run": d_ema, "bias_corrected": {k: v / bias for k, v in d_ema.items()},
                "reference": d_ref, "none": {k: torch.zeros_like(v) for k, v in d_ema.items()}}
-    bounds = {label: on_bound(params, opt.grad_ema, d, opt.eps_at(it), opt.tr, opt.guard_floor)
+    bounds = {label: on_bound(params, opt.grad_ema, d, eps, opt.tr, opt.guard, opt.guard_floor)
               for label, d in choices.items()}
     tensors = {}
     for name in params:
@@ -126,7 +127,7 @@ def diagnose(trainer: Trainer, *, views: int = 32, probes: int = 4) -> dict[str,
             "hutchinson_nonpositive": float((d_hut[name] <= 0).float().mean()),
             "on_bound": {label: bounds[label][name][0] for label in choices},
             "overshoot_reference": bounds["reference"][name][1]}
-    return {"iteration": it, "eps": opt.eps_at(it), "curvature": cfg.curvature,
+    return {"iteration": it, "eps": eps, "curvature": cfg.curvature,
             "curvature_updates": opt.n_curvature_updates, "bias_factor": bias, "views": len(frames),
             "probes": probes, "tensors": tensors}
 
@@ -164,7 +165,7 @@ def main(args: argparse.Namespace) -> int:
         raise TrsplatError("--views and --probes must be >= 1")
     record = diagnose(load_state(args.run, args.at), views=args.views, probes=args.probes)
     record["run"] = str(args.run)
-    record["command"] = " ".join(["trsplat"] + sys.argv[1:]) if sys.argv[0].endswith("trsplat") else " ".join(sys.argv)
+    record["command"] = command_line()
     out = args.out or args.run / "curvature_diagnosis.json"
     report = format_report(record)
     write_json(out, record)

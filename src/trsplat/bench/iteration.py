@@ -31,6 +31,7 @@ import tempfile
 import time
 from typing import Any
 
+from trsplat.bench.machine import command_line
 from trsplat.bench.render_bench import DEFAULT_DATA, _rss, machine_info
 from trsplat.errors import TrsplatError
 from trsplat.process_tuning import tune_process
@@ -162,7 +163,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"profiling {opt} ...", flush=True)
         rows.append(_run_isolated(task))
     table = format_table(rows)
-    command = " ".join(["trsplat"] + sys.argv[1:]) if sys.argv[0].endswith("trsplat") else " ".join(sys.argv)
+    command = command_line()
     write_json(args.out, {"machine": machine_info(), "command": command, "rows": rows})
     print(table)
     print(f"\nwrote {args.out}")

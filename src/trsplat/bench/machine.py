@@ -1,9 +1,10 @@
-"""The machine a benchmark ran on: CPU model, usable cores and memory (Linux /proc, with fallbacks)."""
+"""The machine a benchmark ran on (CPU model, usable cores, memory; Linux /proc with fallbacks) and the command that ran it."""
 
 from __future__ import annotations
 
 import os
 import platform
+import sys
 from pathlib import Path
 
 
@@ -35,3 +36,10 @@ def memory_bytes() -> int | None:
     except OSError:
         pass
     return None
+
+
+def command_line() -> str:
+    """This process's command as a user would type it (``trsplat ...`` when run as the CLI)."""
+    if sys.argv[0].endswith("trsplat"):
+        return " ".join(["trsplat"] + sys.argv[1:])
+    return " ".join(sys.argv)

@@ -86,6 +86,24 @@ def _clip_and_apply(params: dict[str, torch.Tensor], steps: Iterable[tuple[str, 
             params[name].add_(c)
 
 
+@torch.no_grad()
+def guarded_newton_step(g_hat: torch.Tensor, d_hat: torch.Tensor, guard: str, floor: float) -> torch.Tensor:
+    """Δ = −ĝ/D̂ with the guard for D̂ ≤ 0 (module docstring, step 3), NaN/inf → 0, and Δ = 0
+    where ĝ = 0. Same shape as ``g_hat``; a new tensor."""
+    if guard == "sophia":
+        den = d_hat.clamp_min(floor)
+    elif guard == "abs":
+        den = d_hat.abs().clamp_min_(floor)
+    else:
+        den = d_hat
+    step = torch.div(g_hat, den).neg_()
+    del den
+    if guard == "raw":
+        step.masked_fill_(d_hat == 0, 0.0)
+    step.masked_fill_(g_hat == 0, 0.0)
+    return torch.nan_to_num_(step, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def median_radius_normalised(params: dict[str, torch.Tensor], steps: Iterable[tuple[str, torch.Tensor]],
                              eps: float, cfg: TrustRegionConfig) -> Iterator[tuple[str, torch.Tensor]]:
     """Each ``(name, step)`` divided by the median over its moving coordinates of |step| / radius,
@@ -175,18 +193,7 @@ class TrustRegionNewton:
         for k, m in self.grad_ema.items():
             g_hat = m / c1 if self.bias_correction else m
             d_hat = self.curv_ema[k] / c2 if self.bias_correction else self.curv_ema[k]
-            if self.guard == "sophia":
-                den = d_hat.clamp_min(self.guard_floor)
-            elif self.guard == "abs":
-                den = d_hat.abs().clamp_min_(self.guard_floor)
-            else:
-                den = d_hat
-            step = torch.div(g_hat, den).neg_()
-            del den
-            if self.guard == "raw":
-                step.masked_fill_(d_hat == 0, 0.0)
-            step.masked_fill_(m == 0, 0.0)
-            yield k, torch.nan_to_num_(step, nan=0.0, posinf=0.0, neginf=0.0)
+            yield k, guarded_newton_step(g_hat, d_hat, self.guard, self.guard_floor)
 
     def step(self, iteration: int, context=None) -> None:
         with torch.no_grad():
