@@ -1,4 +1,4 @@
-"""The machine a benchmark ran on (CPU model, usable cores, memory; Linux /proc with fallbacks) and the command that ran it."""
+"""The machine a benchmark ran on (CPU model, cores, memory) and the command that ran it."""
 
 from __future__ import annotations
 
