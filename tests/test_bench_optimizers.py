@@ -108,6 +108,8 @@ def test_spec_iterations_meta_and_guards(tmp_path) -> None:
                             "ablation": "tr_opacity_eps_scale=0.1"}
     assert ob.curvature_partner(abl, "tr-hutchinson-rebuttal-opacity-eps0.1") == "tr-none-rebuttal-opacity-eps0.1"
     assert ob.curvature_partner(abl, "tr-gnb-paper-median-radius") == "tr-none-paper-median-radius"
+    assert (ob.curvature_partner(abl, "tr-gnb-rebuttal-opacity-eps0.1-median-radius")
+            == "tr-none-rebuttal-opacity-eps0.1-median-radius")
     # a variant may not change the initialisation or the evaluation
     for key, value in (("n_random_init", 10), ("downscale", 2), ("seed", 3), ("max_test_views", 5)):
         bad = spec_dict(str(tmp_path))

@@ -381,6 +381,9 @@ def _ablation_variants() -> dict[str, dict[str, Any]]:
         # the first-order control.
         **{f"tr-{c}-paper-median-radius": _variant_entry("tr", c, "paper", step_norm="median-radius")
            for c in ("hutchinson", "gnb", "none")},
+        # both: the guarded rebuttal ε gives the median-radius steps the larger radii they lacked
+        **{f"tr-{c}-rebuttal-opacity-eps0.1-median-radius": _variant_entry(
+            "tr", c, "rebuttal", tr_opacity_eps_scale=0.1, step_norm="median-radius") for c in ("gnb", "none")},
     }
 
 
