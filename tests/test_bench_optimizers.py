@@ -346,10 +346,16 @@ def test_cli_only_aggregate_and_errors(study, tmp_path, capsys) -> None:
         ob.main(_args(out, spec=spec_file, variants="adam,nope"))
     with pytest.raises(TrsplatError, match="either --preset or --spec"):
         ob.main(_args(out, spec=spec_file, preset="quick"))
+    with pytest.raises(TrsplatError, match="--seeds"):
+        ob.main(_args(out, spec=spec_file, seeds="a"))
+    # --seeds runs part of the study: the study and its report keep every seed
+    assert ob.main(_args(out, spec=spec_file, seeds="1", no_plots=True)) == 0
+    assert json.loads((out / "study.json").read_text())["seeds"] == [0, 1]
+    assert json.loads((out / "results.json").read_text())["run_states"]["finished"] == 16
     capsys.readouterr()
-    assert ob.main(_args(tmp_path / "x", preset="paper-study", iters=3000, seeds="0", show_spec=True)) == 0
+    assert ob.main(_args(tmp_path / "x", preset="paper-study", iters=3000, seeds="0,5", show_spec=True)) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["iters"] == 3000 and shown["seeds"] == [0] and len(shown["variants"]) == 9
+    assert shown["iters"] == 3000 and shown["seeds"] == [0, 1, 2, 5] and len(shown["variants"]) == 9
 
 
 # -- one real micro study -------------------------------------------------------------------------

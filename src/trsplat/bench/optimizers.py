@@ -256,9 +256,15 @@ class StudySpec:
             raise TrsplatError(f"reference variant {self.reference!r} is not among the variants "
                                f"({', '.join(self.variants)})")
 
-    def select(self, scenes: list[str] | None = None, variants: list[str] | None = None) -> "StudySpec":
-        """A copy restricted to the named scenes / variants (unknown names are an error)."""
+    def select(self, scenes: list[str] | None = None, variants: list[str] | None = None,
+               seeds: list[int] | None = None) -> "StudySpec":
+        """A copy restricted to the named scenes / variants / seeds (unknown ones are an error)."""
         spec = copy.deepcopy(self)
+        if seeds is not None:
+            bad = [str(s) for s in seeds if s not in spec.seeds]
+            if bad:
+                raise TrsplatError(f"unknown seed(s) {', '.join(bad)}; the study has {spec.seeds}")
+            spec.seeds = [s for s in spec.seeds if s in seeds]
         for what, names, table in (("scene", scenes, spec.scenes), ("variant", variants, spec.variants)):
             if names is None:
                 continue
@@ -1513,6 +1519,16 @@ def _csv(text: str | None) -> list[str] | None:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _seeds(text: str | None) -> list[int] | None:
+    try:
+        seeds = None if text is None else [int(s) for s in _csv(text) or []]
+    except ValueError:
+        seeds = []
+    if seeds == []:
+        raise TrsplatError(f"--seeds {text!r}: expected comma-separated integers")
+    return seeds
+
+
 def _parse_set(items: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
@@ -1550,7 +1566,11 @@ def _command_from_args(args: argparse.Namespace) -> str:
 
 
 def resolve_spec(args: argparse.Namespace) -> StudySpec:
-    """The full study (preset/spec/``OUT/study.json`` with --iters/--seeds/--set applied)."""
+    """The full study (preset/spec/``OUT/study.json`` with --iters/--seeds/--set applied).
+
+    ``--seeds`` names the seeds to run now; seeds the study does not have yet are added to it, so
+    running one seed at a time never shrinks the study (or its report) to that seed.
+    """
     out = Path(args.out)
     if args.preset is None and args.spec is None and (out / STUDY_FILE).is_file():
         spec = StudySpec.from_dict(_read_json(out / STUDY_FILE), source=str(out / STUDY_FILE),
@@ -1559,11 +1579,7 @@ def resolve_spec(args: argparse.Namespace) -> StudySpec:
         spec = load_spec(preset=args.preset, spec_file=args.spec, data_root=args.data_root)
     if args.iters is not None:
         spec.iters = int(args.iters)
-    if args.seeds is not None:
-        try:
-            spec.seeds = [int(s) for s in _csv(args.seeds) or []]
-        except ValueError:
-            raise TrsplatError(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
+    spec.seeds += [s for s in _seeds(args.seeds) or [] if s not in spec.seeds]
     if args.eval_fraction is not None:
         spec.eval_fraction = float(args.eval_fraction)
     extra = _parse_set(args.set)
@@ -1582,7 +1598,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", default=None, metavar="FILE.json",
                         help="study spec as JSON (see docs/optimizer_study.md)")
     parser.add_argument("--iters", type=int, default=None, help="iterations per run (overrides the spec)")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds (overrides the spec), e.g. 0,1,2")
+    parser.add_argument("--seeds", default=None,
+                        help="comma-separated seeds to run now (default: all); new ones join the study")
     parser.add_argument("--scenes", default=None, help="comma-separated scenes to run now (default: all)")
     parser.add_argument("--variants", default=None, help="comma-separated variants to run now (default: all)")
     parser.add_argument("--eval-fraction", type=float, default=None,
@@ -1611,7 +1628,7 @@ def main(args: argparse.Namespace) -> int:
     command = _command_from_args(args)
     if args.jobs < 1:
         raise TrsplatError(f"--jobs must be >= 1, got {args.jobs}")
-    selected = spec.select(_csv(args.scenes), _csv(args.variants))
+    selected = spec.select(_csv(args.scenes), _csv(args.variants), _seeds(args.seeds))
     status = 0
     if not args.only_aggregate:
         out.mkdir(parents=True, exist_ok=True)
