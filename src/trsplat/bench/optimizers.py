@@ -1520,11 +1520,14 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def _seeds(text: str | None) -> list[int] | None:
+    """``--seeds`` as a list of ints (None when not given)."""
+    if text is None:
+        return None
     try:
-        seeds = None if text is None else [int(s) for s in _csv(text) or []]
+        seeds = [int(s) for s in _csv(text) or []]
     except ValueError:
         seeds = []
-    if seeds == []:
+    if not seeds:
         raise TrsplatError(f"--seeds {text!r}: expected comma-separated integers")
     return seeds
 
