@@ -101,6 +101,8 @@ def test_spec_iterations_meta_and_guards(tmp_path) -> None:
     assert ob.curvature_partner(paper, "tr-gnb-rebuttal") == "tr-none-rebuttal"
     assert ob.curvature_partner(paper, "adam-tr-paper") is None
     abl = ob.load_spec(preset="ablations")
+    assert abl.variants["adam-run-decay"].meta == {"optimizer": "adam", "ablation": "lr_means_max_steps=None"}
+    assert abl.run_config("colmap_bird", "adam-run-decay", 0, tmp_path / "o").lr_means_max_steps is None
     assert "ablation" in abl.variants["tr-hutchinson-paper-guard-abs"].meta
     assert ob.curvature_partner(abl, "tr-hutchinson-paper-guard-abs") is None
     guarded = abl.variants["tr-hutchinson-rebuttal-opacity-eps0.1"]

@@ -362,10 +362,13 @@ def _paper_variants() -> dict[str, dict[str, Any]]:
 
 
 def _ablation_variants() -> dict[str, dict[str, Any]]:
-    """3DGS²-TR (Hutchinson, paper ε) with one decision changed each (see docs/optimizer.md), and
-    the opacity guard at the rebuttal ε."""
+    """3DGS²-TR (Hutchinson, paper ε) with one decision changed each (see docs/optimizer.md), the
+    opacity guard at the rebuttal ε, and Adam with its position-lr decay fitted to the run."""
     hut = dict(optimizer="tr", curvature="hutchinson", eps="paper")
     return {
+        # fairness control for the adam side: 3DGS decays the position lr over 30k steps whatever the
+        # run length, while tr's ε schedule always spans the run; this Adam decays over the run too
+        "adam-run-decay": _variant_entry("adam", lr_means_max_steps=None),
         "tr-hutchinson-small": _variant_entry("tr", "hutchinson", "small"),
         "tr-hutchinson-paper-kernel-exact": _variant_entry(
             **hut, tr_color_floor=0.0, tr_rest_radius_from_box=True, tr_opacity_box_mode="kernel",
