@@ -105,6 +105,7 @@ def test_spec_iterations_meta_and_guards(tmp_path) -> None:
     assert abl.run_config("colmap_bird", "adam-run-decay", 0, tmp_path / "o").lr_means_max_steps is None
     assert "ablation" in abl.variants["tr-hutchinson-paper-guard-abs"].meta
     assert ob.curvature_partner(abl, "tr-hutchinson-paper-guard-abs") is None
+    assert ob.curvature_partner(abl, "tr-hutchinson-paper-printed-bounds") == "tr-none-paper-printed-bounds"
     guarded = abl.variants["tr-hutchinson-rebuttal-opacity-eps0.1"]
     assert guarded.meta == {"optimizer": "tr", "curvature": "hutchinson", "eps": "rebuttal",
                             "ablation": "tr_opacity_eps_scale=0.1"}

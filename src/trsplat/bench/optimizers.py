@@ -374,6 +374,9 @@ def _ablation_variants() -> dict[str, dict[str, Any]]:
             **hut, tr_color_floor=0.0, tr_rest_radius_from_box=True, tr_opacity_box_mode="kernel",
             tr_scale_min_ratio=None),
         "tr-hutchinson-paper-printed-bounds": _variant_entry(**hut, tr_bounds="paper", tr_split_budget=False),
+        # its curvature-free control: do the printed bounds help the curvature or only the radii?
+        "tr-none-paper-printed-bounds": _variant_entry("tr", "none", "paper", tr_bounds="paper",
+                                                       tr_split_budget=False),
         "tr-hutchinson-paper-exact-mass": _variant_entry(**hut, tr_mass_bounds="exact"),
         "tr-hutchinson-paper-guard-abs": _variant_entry(**hut, guard="abs"),
         "tr-hutchinson-paper-l2-residual": _variant_entry(**hut, residual_form="l2"),
