@@ -10,7 +10,9 @@
 # run the script again to go on. Measured on the 2-core VM (one thread, next to another run), a
 # bird run takes 19-21 min with adam and 23-26 min with tr-hutchinson, evaluations included;
 # a chair run (100k Gaussians) took 99 min (adam) and 114 min (tr-hutchinson-paper) in the same
-# setting with a third job on the cores part of the time; a synthetic run took 8-13 min.
+# setting with a third job on the cores part of the time; a synthetic run took 8-13 min. On a
+# faster 2-core VM (session 7, same setting) a bird run took 7-9 min, a chair run 27-38 min and a
+# synthetic run 3-6 min.
 #
 # Usage: bash scripts/study_7k.sh [FIRST_STEP]   (default 1; see the steps below)
 set -uo pipefail
