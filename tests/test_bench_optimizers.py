@@ -113,6 +113,10 @@ def test_spec_iterations_meta_and_guards(tmp_path) -> None:
     assert ob.curvature_partner(abl, "tr-gnb-paper-median-radius") == "tr-none-paper-median-radius"
     assert (ob.curvature_partner(abl, "tr-gnb-rebuttal-opacity-eps0.1-median-radius")
             == "tr-none-rebuttal-opacity-eps0.1-median-radius")
+    assert (ob.curvature_partner(abl, "tr-gnb-paper-printed-bounds-q0.25-radius")
+            == "tr-none-paper-printed-bounds-q0.25-radius")
+    assert abl.run_config("colmap_bird", "tr-gnb-paper-printed-bounds-q0.25-radius", 0,
+                          tmp_path / "o").step_norm_quantile == 0.25
     # a variant may not change the initialisation or the evaluation
     for key, value in (("n_random_init", 10), ("downscale", 2), ("seed", 3), ("max_test_views", 5)):
         bad = spec_dict(str(tmp_path))
@@ -138,6 +142,30 @@ def test_identical_initialisation_per_scene_and_seed(tmp_path) -> None:
     for name, tensor in inits[0].params().items():
         assert tensor.equal(inits[1].params()[name]), name
     assert not inits[0].means.equal(other_seed.means)
+
+
+def test_init_consistency_flags_other_options_not_other_copies_of_a_generated_scene(tmp_path) -> None:
+    """A reference run copied from another study that generated the same scene in its own
+    ``scenes/`` folder is consistent; another init option or another dataset is not."""
+    d = spec_dict(str(tmp_path / "data"))
+    d["scenes"]["s1"] = {"path": "scenes/s1", "generate": {"size": 16}, "options": {"n_random_init": 50}}
+    spec = ob.StudySpec.from_dict(d)
+
+    def runs(edit: dict[str, dict]) -> dict:
+        out = {}
+        for scene in spec.scenes:
+            out[scene] = {}
+            for v in spec.variants:
+                cfg = spec.run_config(scene, v, 0, tmp_path / "o").to_dict()
+                cfg.update(edit.get(f"{scene}/{v}", {}))
+                out[scene][v] = {0: ob.RunData("finished", {}, config=cfg), 1: ob.RunData("missing", {})}
+        return out
+
+    assert ob.init_consistency(spec, runs({})) == []
+    copied = {"data": "/elsewhere/other-study/scenes/s1"}
+    assert ob.init_consistency(spec, runs({"s1/adam": copied})) == []
+    problems = ob.init_consistency(spec, runs({"s1/adam": {"n_random_init": 60}, "s2/adam": copied}))
+    assert len(problems) == 2 and problems[0].startswith("s1 seed 0") and problems[1].startswith("s2 seed 0")
 
 
 # -- derived figures -------------------------------------------------------------------------------

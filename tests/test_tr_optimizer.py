@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from trsplat.gaussians import Gaussians
@@ -119,9 +120,11 @@ def test_far_step_clips_to_the_radius_in_its_direction() -> None:
                 torch.testing.assert_close(out[name][live].abs(), radius[live], rtol=1e-5, atol=0, msg=name)
 
 
-def test_median_radius_norm_puts_half_the_steps_inside() -> None:
-    """After the normalisation, the median moving coordinate sits on its radius: about half of the
-    steps are clipped, against nearly all of the raw Newton steps; the directions are unchanged."""
+@pytest.mark.parametrize("quantile", [0.5, 0.25])
+def test_median_radius_norm_puts_the_quantile_inside(quantile: float) -> None:
+    """After the normalisation, the moving coordinate at the quantile sits on its radius: a share
+    of about 1 − quantile of the steps is clipped, against nearly all of the raw Newton steps; the
+    directions are unchanged."""
     g = random_gaussians(400, 6).requires_grad_(True)
     curv = {k: torch.full_like(v, 1e-6) for k, v in g.params().items()}  # tiny D: huge Newton steps
     shares = {}
@@ -129,7 +132,7 @@ def test_median_radius_norm_puts_half_the_steps_inside() -> None:
         h = g.clone().requires_grad_(True)
         start = h.clone()
         opt = TrustRegionNewton(h, estimator=ExactDiagonal(curv), tr=TrustRegionConfig(), theta1=0.0, theta2=0.0,
-                                interval=1, step_norm=norm)
+                                interval=1, step_norm=norm, step_norm_quantile=quantile)
         sum(((v - 0.1) ** 2).sum() for v in h.params().values()).backward()
         grads = {k: v.grad.clone() for k, v in h.params().items()}
         opt.step(1, context=_Context())
@@ -139,7 +142,30 @@ def test_median_radius_norm_puts_half_the_steps_inside() -> None:
             assert bool((moved * grads[k] <= 0).all()), (norm, k)  # a descent direction per coordinate
     for k in shares["none"]:
         assert shares["none"][k] > 0.9, k
-        assert 0.3 < shares["median-radius"][k] < 0.7, (k, shares["median-radius"][k])
+        assert abs(shares["median-radius"][k] - (1 - quantile)) < 0.2, (k, shares["median-radius"][k])
+
+
+def test_quantile_pivot_is_the_lower_median_at_one_half() -> None:
+    """The pivot is the k-th smallest |Δ|/radius with k = ⌈q·n⌉: at q = 0.5 exactly the value
+    ``Tensor.median`` returns (runs made before the option existed replay unchanged), and at any q
+    that coordinate ends on its radius with k − 1 coordinates strictly inside."""
+    from trsplat.optim.hellinger import clip_step
+    from trsplat.optim.tr import _FAR, median_radius_normalised
+
+    g = random_gaussians(101, 9)
+    params = {k: v.detach() for k, v in g.params().items()}
+    step = torch.randn(params["means"].shape, generator=torch.Generator().manual_seed(4)) * 1e-3
+    radius = clip_step(params, {"means": torch.sign(step) * _FAR}, 1e-6, TrustRegionConfig())[0]["means"].abs()
+    ratios = step.abs() / radius
+    for q in (0.5, 0.25, 0.1):
+        (_, out), = median_radius_normalised(params, [("means", step.clone())], 1e-6, TrustRegionConfig(), q)
+        pivot = float((step / out).flatten()[0])
+        k = math.ceil(q * ratios.numel())
+        assert pivot == pytest.approx(float(ratios.flatten().kthvalue(k).values), rel=1e-5)
+        if q == 0.5:
+            assert pivot == pytest.approx(float(ratios.median()), rel=1e-6)
+        inside = (out.abs() / radius) < 1 - 1e-5
+        assert int(inside.sum()) == k - 1, q
 
 
 class _Frame:

@@ -33,6 +33,8 @@ HELP = {
     "checkpoint_every": "iterations between checkpoints",
     "step_norm": "tr only: none (the paper) or median-radius (scale each tensor's Newton steps so their "
                  "median |step|/radius is 1 before the clip, so the curvature, not only the bound, sets step sizes)",
+    "step_norm_quantile": "tr with --step-norm median-radius: the quantile of |step|/radius set to 1 (0.5, the "
+                          "median; smaller values clip more coordinates, 0 would be the paper's sign steps)",
 }
 
 

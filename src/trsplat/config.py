@@ -69,6 +69,7 @@ class TrainConfig:
     bias_correction: bool = False      # Adam-style bias correction of both EMAs (paper: off)
     step_norm: str = "none"            # none (paper) | median-radius: rescale each tensor's Newton steps
                                        # so their median |Δ|/radius is 1 before the clip (not in the paper)
+    step_norm_quantile: float = 0.5    # median-radius pivot: this quantile of |Δ|/radius is set to 1
     residual_form: str = "sqrt"        # sqrt (paper) | l2 (surrogate), spec §1.4
     residual_delta: float = 1e-6       # δ of the sqrt residual, per-pixel loss units
     # Hellinger trust region (trsplat.optim.hellinger.TrustRegionConfig; spec §2.4, §2.7)
@@ -116,6 +117,8 @@ class TrainConfig:
             raise TrsplatError(f"--guard {self.guard!r}: choose sophia, abs or raw")
         if self.step_norm not in ("none", "median-radius"):
             raise TrsplatError(f"--step-norm {self.step_norm!r}: choose none or median-radius")
+        if not 0.0 < self.step_norm_quantile <= 1.0:
+            raise TrsplatError(f"--step-norm-quantile must lie in (0, 1], got {self.step_norm_quantile}")
         if self.residual_form not in ("sqrt", "l2"):
             raise TrsplatError(f"--residual-form {self.residual_form!r}: choose sqrt or l2")
         for name in ("curvature_interval", "curvature_views", "n_probes", "grad_views"):

@@ -317,7 +317,8 @@ def build_optimizer(cfg: TrainConfig, gaussians: Gaussians, scene):
         gaussians, estimator=CurvatureEstimator(cfg.curvature, cfg.n_probes), tr=tr,
         eps_start=cfg.eps_start, eps_end=cfg.eps_end, max_steps=cfg.iters, theta1=cfg.theta1,
         theta2=cfg.theta2, interval=cfg.curvature_interval, guard=cfg.guard, guard_floor=cfg.guard_floor,
-        bias_correction=cfg.bias_correction, step_norm=cfg.step_norm, seed=cfg.seed,
+        bias_correction=cfg.bias_correction, step_norm=cfg.step_norm,
+        step_norm_quantile=cfg.step_norm_quantile, seed=cfg.seed,
     )
 
 

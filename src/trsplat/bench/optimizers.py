@@ -396,6 +396,12 @@ def _ablation_variants() -> dict[str, dict[str, Any]]:
         # both: the guarded rebuttal ε gives the median-radius steps the larger radii they lacked
         **{f"tr-{c}-rebuttal-opacity-eps0.1-median-radius": _variant_entry(
             "tr", c, "rebuttal", tr_opacity_eps_scale=0.1, step_norm="median-radius") for c in ("gnb", "none")},
+        # the printed bounds (the best radii within the paper) with a quarter of each tensor's
+        # coordinates steered by the curvature: between the clipped sign steps (quantile → 0) and
+        # the median-radius scheme (0.5), which gained over its control but lost to sign steps
+        **{f"tr-{c}-paper-printed-bounds-q0.25-radius": _variant_entry(
+            "tr", c, "paper", tr_bounds="paper", tr_split_budget=False, step_norm="median-radius",
+            step_norm_quantile=0.25) for c in ("gnb", "none")},
     }
 
 
@@ -1059,6 +1065,15 @@ def _scene_results(spec: StudySpec, runs_by_variant: dict[str, dict[int, RunData
     return res
 
 
+def _scene_identity(spec: StudySpec, scene: str, data_path: Any) -> str:
+    """What names a run's dataset: its path, or, for a scene the study generates, the path's last two
+    parts (``scenes/<name>``), so a reference run copied from another study that generated the same
+    scene under its own folder counts as the same data."""
+    if spec.scenes[scene].generate is not None and data_path:
+        return "/".join(Path(str(data_path)).parts[-2:])
+    return str(data_path)
+
+
 def init_consistency(spec: StudySpec, data) -> list[str]:
     """Problems: runs of one (scene, seed) whose stored init options differ between variants."""
     problems = []
@@ -1069,8 +1084,8 @@ def init_consistency(spec: StudySpec, data) -> list[str]:
                 cfg = data[scene][variant][seed].config
                 if not cfg:
                     continue
-                seen[variant] = tuple((k, json.dumps(cfg.get(k), sort_keys=True))
-                                      for k in ("data", "seed") + INIT_KEYS + EVAL_KEYS)
+                seen[variant] = (_scene_identity(spec, scene, cfg.get("data")),) + tuple(
+                    (k, json.dumps(cfg.get(k), sort_keys=True)) for k in ("seed",) + INIT_KEYS + EVAL_KEYS)
             if len(set(seen.values())) > 1:
                 problems.append(f"{scene} seed {seed}: the variants were initialised or evaluated with "
                                 f"different options ({', '.join(sorted(seen))})")

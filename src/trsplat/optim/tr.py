@@ -14,6 +14,9 @@
 clip so that their median |Δ|/radius is 1. Without it the Newton steps are 10²–10³ times longer
 than the radii (``trsplat bench curvature``), so nearly every step is ±radius and D̂ has no say;
 with it, the coordinates whose curvature says "stiff" move less than their radius.
+``step_norm_quantile`` q moves that pivot from the median to the q-quantile: a fraction q of the
+moving coordinates then lies inside its radius and the rest is clipped, so q → 0 gives back the
+sign steps of the clipped Newton step and q = 0.5 is the median.
 
 ε(t) decays exponentially (log-linear) from ``eps_start`` to ``eps_end`` over the run.
 Bias correction of both EMAs is optional (off in the paper).
@@ -23,6 +26,7 @@ ADAM-TR: the 3DGS Adam step, clipped by the same radii with the same ε schedule
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
@@ -105,11 +109,13 @@ def guarded_newton_step(g_hat: torch.Tensor, d_hat: torch.Tensor, guard: str, fl
 
 
 def median_radius_normalised(params: dict[str, torch.Tensor], steps: Iterable[tuple[str, torch.Tensor]],
-                             eps: float, cfg: TrustRegionConfig) -> Iterator[tuple[str, torch.Tensor]]:
-    """Each ``(name, step)`` divided by the median over its moving coordinates of |step| / radius,
-    where the radius is the trust-region bound in the step's direction at ``params`` (a zero
-    radius, e.g. a box, is left out). Afterwards about half the moving coordinates lie inside
-    their radius. Lazy, like ``steps``: call it with the parameters the clip will use."""
+                             eps: float, cfg: TrustRegionConfig,
+                             quantile: float = 0.5) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each ``(name, step)`` divided by the ``quantile`` over its moving coordinates of
+    |step| / radius (the lower median for 0.5, as ``Tensor.median``), where the radius is the
+    trust-region bound in the step's direction at ``params`` (a zero radius, e.g. a box, is left
+    out). Afterwards a fraction ``quantile`` of the moving coordinates lies inside its radius.
+    Lazy, like ``steps``: call it with the parameters the clip will use."""
     for name, st in steps:
         st = torch.nan_to_num_(st, nan=0.0, posinf=0.0, neginf=0.0)
         with torch.no_grad():
@@ -118,7 +124,9 @@ def median_radius_normalised(params: dict[str, torch.Tensor], steps: Iterable[tu
             del far
             usable = (st != 0) & (radius > 0)
             if usable.any():
-                ratio = (st[usable].abs() / radius[usable]).median()
+                ratios = st[usable].abs() / radius[usable]
+                k = max(1, math.ceil(quantile * ratios.numel()))
+                ratio = ratios.kthvalue(k).values
                 if ratio > 0:
                     st.div_(ratio)
         yield name, st
@@ -143,12 +151,14 @@ class TrustRegionNewton:
                  eps_start: float = 1e-6, eps_end: float = 1e-8, max_steps: int = 30_000,
                  theta1: float = 0.9, theta2: float = 0.999, interval: int = 10, guard: str = "sophia",
                  guard_floor: float = 1e-12, bias_correction: bool = False, step_norm: str = "none",
-                 seed: int = 0) -> None:
+                 step_norm_quantile: float = 0.5, seed: int = 0) -> None:
         if guard not in GUARDS:
             raise ValueError(f"unknown guard {guard!r}; choose {', '.join(GUARDS)}")
         if step_norm not in STEP_NORMS:
             raise ValueError(f"unknown step_norm {step_norm!r}; choose {', '.join(STEP_NORMS)}")
-        self.step_norm = step_norm
+        if not 0.0 < step_norm_quantile <= 1.0:
+            raise ValueError(f"step_norm_quantile must lie in (0, 1], got {step_norm_quantile}")
+        self.step_norm, self.step_norm_quantile = step_norm, step_norm_quantile
         self.params = gaussians.params()
         self.estimator = estimator
         self.tr = tr
@@ -212,7 +222,8 @@ class TrustRegionNewton:
         eps = self.eps_at(iteration)
         steps = self._newton_steps()
         if self.step_norm == "median-radius":
-            steps = median_radius_normalised({k: v.detach() for k, v in self.params.items()}, steps, eps, self.tr)
+            steps = median_radius_normalised({k: v.detach() for k, v in self.params.items()}, steps, eps, self.tr,
+                                             self.step_norm_quantile)
         _clip_and_apply(self.params, steps, eps, self.tr, self.stats)
 
     def zero_grad(self) -> None:
