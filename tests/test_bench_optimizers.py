@@ -47,7 +47,7 @@ def spec_dict(data_dir: str, **extra) -> dict:
 
 
 def write_fake_run(out: Path, spec: ob.StudySpec, scene: str, variant: str, seed: int, *, upto: int = ITERS,
-                   finished: bool = True, psnr_offset: float = 0.0) -> Path:
+                   finished: bool = True, psnr_offset: float = 0.0, machine: str | None = None) -> Path:
     """A run folder as ``trsplat train`` leaves it, with the known numbers above."""
     path = ob.run_dir(out, scene, variant, seed)
     path.mkdir(parents=True, exist_ok=True)
@@ -63,6 +63,8 @@ def write_fake_run(out: Path, spec: ob.StudySpec, scene: str, variant: str, seed
                "peak_rss_bytes": RSS[variant] * MIB * (0.5 if k == 0 else 1.0), "peak_cuda_bytes": None}
         if variant != "adam":
             rec["on_bound_fraction"] = {"means": 0.1 if k == 0 else 0.3, "sh_dc": 0.0}
+        if machine is not None:
+            rec["machine"] = machine
         evals.append(rec)
     (path / "config.json").write_text(json.dumps(cfg))
     (path / "metrics.json").write_text(json.dumps({"scene": scene, "config": cfg, "n_gaussians": 50,
@@ -227,6 +229,33 @@ def test_derived_figures_from_known_numbers(study) -> None:
     on_disk = json.loads((out / "results.json").read_text())
     for key in ("quality_gap", "iteration_ratio", "time_ratio", "memory_ratio", "curvature_gain"):
         assert key in on_disk["scenes"]["s1"]
+
+
+def test_time_ratio_only_divides_seconds_from_one_machine(study) -> None:
+    """Runs that record their machine: the same machine gives the ratio, another machine for the
+    variant or the reference gives none (and the report says why); runs without a label count as
+    unknown, as before the label existed."""
+    spec, out = study
+    for variant in ("adam", "tr-hutchinson-paper", "adam-tr-paper"):
+        for seed in spec.seeds:
+            machine = "CPU B" if (variant, seed) == ("tr-hutchinson-paper", 1) else "CPU A"
+            write_fake_run(out, spec, "s1", variant, seed, machine=machine)
+    res = ob.aggregate(spec, out, plots=False, log=lambda *_: None)
+    tr = res["scenes"]["s1"]["time_ratio"]
+    assert tr["adam-tr-paper"]["value"] == pytest.approx(33 / 42) and tr["adam-tr-paper"]["machines"] == ["CPU A"]
+    assert tr["tr-hutchinson-paper"]["value"] is None
+    assert tr["tr-hutchinson-paper"]["machines"] == ["CPU A", "CPU B"]
+    assert res["scenes"]["s2"]["time_ratio"]["tr-hutchinson-paper"]["value"] == pytest.approx(60 / 42)
+    assert res["average"]["time_ratio"]["tr-hutchinson-paper"]["value"] is None  # s1's labels differ
+    md = (out / "results.md").read_text()
+    row = next(ln for ln in md.splitlines() if ln.startswith("| tr-hutchinson-paper | 0.50 (@50) |"))
+    assert "other machines" in row
+    assert any(v["text"].startswith("s1: tr-hutchinson-paper reaches") and "come from CPU A, CPU B" in v["text"]
+               for v in res["verdicts"])
+    write_fake_run(out, spec, "s1", "adam", 0)  # a run without the label next to labelled ones: unknown
+    res = ob.aggregate(spec, out, plots=False, log=lambda *_: None)
+    assert res["scenes"]["s1"]["time_ratio"]["adam-tr-paper"]["value"] is None
+    assert res["scenes"]["s1"]["time_ratio"]["adam-tr-paper"]["machines"] == ["CPU A", ob.UNKNOWN_MACHINE]
 
 
 def test_markdown_table_layout(study) -> None:

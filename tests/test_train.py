@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from trsplat.bench.machine import machine_label
 from trsplat.cli import main
 from trsplat.config import TrainConfig
 from trsplat.gaussians import load_ply
@@ -39,6 +40,7 @@ def test_train_writes_all_outputs(tiny_scene, tmp_path) -> None:
     for key in ("psnr", "ssim", "train_seconds", "peak_rss_bytes", "peak_cuda_bytes"):
         assert key in on_disk["evals"][-1]
     assert 0 < on_disk["evals"][-1]["n_alive"] <= 300
+    assert on_disk["evals"][-1]["machine"] == machine_label("cpu")  # what the train seconds were timed on
     assert on_disk["evals"][1]["train_seconds"] >= on_disk["evals"][0]["train_seconds"] > 0
     assert len(load_ply(run / "point_cloud.ply")) == 300
     assert len(list((run / "renders" / "iter_12").glob("*.png"))) == 1

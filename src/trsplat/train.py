@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from trsplat.bench.machine import machine_label
 from trsplat.config import TrainConfig
 from trsplat.errors import TrsplatError
 from trsplat.gaussians import Gaussians, save_ply
@@ -182,7 +183,8 @@ class Trainer:
                   "train_seconds": self.state.train_seconds,
                   "seconds_per_iteration": self.state.train_seconds / max(iteration, 1),
                   "peak_rss_bytes": self._run_peak("peak_rss_bytes", peak_rss_bytes()),
-                  "peak_cuda_bytes": self._run_peak("peak_cuda_bytes", peak_cuda_bytes())}
+                  "peak_cuda_bytes": self._run_peak("peak_cuda_bytes", peak_cuda_bytes()),
+                  "machine": machine_label(str(self.device))}
         stats = getattr(self.optimizer, "stats", None)
         if stats is not None:  # trust-region optimisers: share of steps clipped since the last eval
             record["on_bound_fraction"] = stats.fractions()

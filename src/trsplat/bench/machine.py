@@ -19,6 +19,16 @@ def cpu_model() -> str:
     return platform.processor() or ""
 
 
+def machine_label(device: str = "cpu") -> str:
+    """What train seconds depend on, in one line: the CPU model, or the GPU's name for ``cuda``.
+    Train seconds of runs with different labels do not compare."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        return f"{torch.cuda.get_device_name(torch.device(device))} (CUDA)"
+    return cpu_model() or "unknown CPU"
+
+
 def usable_cores() -> int | None:
     """Cores this process may run on (its affinity mask where the OS has one)."""
     try:

@@ -44,7 +44,9 @@ and for the scene average, in ``results.json``):
   never reached;
 * ``time_ratio[v]``: **first-eval rule**: the mean train seconds of ``v`` at that same eval
   iteration (no interpolation between evals; an upper bound at the eval resolution), divided by
-  the reference's mean total train seconds; null if never reached;
+  the reference's mean total train seconds; null if never reached, or if the evals involved
+  record different ``machine``s, or some record one and some none (train seconds from two
+  machines do not compare);
 * ``memory_ratio[v]``: mean peak RSS (and peak CUDA memory, when recorded) of ``v`` / reference;
 * ``curvature_gain[v]``: PSNR of a ``tr`` variant minus the ``tr`` variant whose meta is the
   same except ``curvature: none``, at each eval iteration.
@@ -101,6 +103,7 @@ TR_OPTIMIZERS = ("tr", "adam-tr")
 QUALITY = ("psnr", "ssim", "lpips")
 EVAL_VALUES = ("psnr", "ssim", "lpips", "lpips_corrected", "lpips_alex", "train_seconds",
                "seconds_per_iteration")
+UNKNOWN_MACHINE = "unknown machine"
 LOWER_IS_BETTER = {"lpips", "lpips_corrected", "lpips_alex"}
 
 _here = Path(__file__).resolve()
@@ -806,6 +809,7 @@ class RunData:
     config: dict[str, Any] | None = None
     backend: str | None = None
     n_gaussians: int | None = None
+    machines: dict[int, str] = field(default_factory=dict)  # iteration -> machine label (newer runs)
 
     @property
     def finished(self) -> bool:
@@ -833,9 +837,10 @@ def load_run(path: str | Path, iters: int, failed: bool = False) -> RunData:
     rss = [e.get("peak_rss_bytes") for e in evals_raw if e.get("peak_rss_bytes") is not None]
     cuda = [e.get("peak_cuda_bytes") for e in evals_raw if e.get("peak_cuda_bytes") is not None]
     state = "finished" if finished else ("failed" if failed else "partial")
+    machines = {int(e["iteration"]): str(e["machine"]) for e in evals_raw if e.get("machine")}
     return RunData(state, evals, last, max(rss) if rss else None, max(cuda) if cuda else None,
                    _on_bound(evals_raw), metrics.get("config") or _read_json(path / CONFIG),
-                   metrics.get("backend"), metrics.get("n_gaussians"))
+                   metrics.get("backend"), metrics.get("n_gaussians"), machines)
 
 
 def _num(x: Any) -> float | None:
@@ -901,8 +906,14 @@ def _average_run(runs: list[RunData], iterations: list[int]) -> RunData:
     names = set().union(*(r.on_bound_fraction for r in runs)) if runs else set()
     bound = {n: _mean([r.on_bound_fraction[n] for r in runs]) for n in sorted(names)
              if all(n in r.on_bound_fraction for r in runs)}
+    machines = {}  # per iteration: the scenes' labels, joined when they differ
+    for it in iterations:
+        labels = sorted({r.machines[it] for r in runs if it in r.machines})
+        if labels:
+            machines[it] = " | ".join(labels)
     return RunData(state, evals, max(evals) if evals else 0,
-                   avg([r.peak_rss_bytes for r in runs]), avg([r.peak_cuda_bytes for r in runs]), bound)
+                   avg([r.peak_rss_bytes for r in runs]), avg([r.peak_cuda_bytes for r in runs]), bound,
+                   machines=machines)
 
 
 def _mean(values: list[float]) -> float:
@@ -990,9 +1001,19 @@ def time_ratio(var, ref, iterations: list[int], iters: int, reference: str) -> d
     seeds, target, it = reach
     ref_total = _mean_at(ref, seeds, "train_seconds", iters)
     seconds = None if it is None else _mean_at(var, seeds, "train_seconds", it)
-    value = None if seconds is None or not ref_total else seconds / ref_total
+    machines = sorted(_machines(ref, seeds, iters) | (_machines(var, seeds, it) if it is not None else set()))
+    if machines == [UNKNOWN_MACHINE]:  # no run recorded one (runs from before the label): as before
+        machines = []
+    value = None if seconds is None or not ref_total or len(machines) > 1 else seconds / ref_total
     return {"value": value, "rule": "first-eval", "iteration": it, "seconds": seconds,
-            "reference_seconds": ref_total, "target_psnr": target, "reference": reference, "seeds": seeds}
+            "reference_seconds": ref_total, "target_psnr": target, "reference": reference, "seeds": seeds,
+            "machines": machines}
+
+
+def _machines(runs, seeds: list[int], upto: int) -> set[str]:
+    """Machine labels of the evals up to ``upto`` of these seeds' runs; ``UNKNOWN_MACHINE`` for an
+    eval that recorded none (runs from before the label existed)."""
+    return {runs[s].machines.get(it, UNKNOWN_MACHINE) for s in seeds for it in runs[s].evals if it <= upto}
 
 
 def memory_ratio(var, ref, reference: str) -> dict[str, Any] | None:
@@ -1211,6 +1232,8 @@ def verdicts(spec: StudySpec, results: dict[str, Any], data) -> list[dict[str, A
                 if tr_ is not None and tr_["value"] is not None:
                     text += (f"; it needs {tr_['value']:.2f}× {ref}'s total train seconds "
                              f"(time_ratio, first-eval rule)")
+                elif tr_ is not None and len(tr_.get("machines") or ()) > 1:
+                    text += f"; no time_ratio: the runs' train seconds come from {', '.join(tr_['machines'])}"
                 out.append({"kind": "iteration_ratio", "scene": scene, "variant": v, "claim": "iteration_ratio <= 0.5",
                             "holds": ir["value"] is not None and ir["value"] <= 0.5, "text": text})
             mr = res["memory_ratio"].get(v)
@@ -1485,6 +1508,8 @@ def _ratio(entry: dict[str, Any] | None) -> str:
         return "—"
     if entry.get("iteration") is None:
         return "never"
+    if len(entry.get("machines") or ()) > 1:
+        return f"— (@{entry['iteration']}; other machines)"
     if entry["value"] is None:
         return "—"
     return f"{entry['value']:.2f} (@{entry['iteration']})"
