@@ -103,6 +103,7 @@ def test_cli_train_eval_render_export(tiny_scene, tmp_path, capsys) -> None:
     (["train", "SCENE", "--out", "OUT", "--downscale", "0.5"], "--downscale"),
     (["train", "SCENE", "--out", "OUT", "--curvature", "exact"], "--curvature"),
     (["train", "SCENE", "--out", "OUT", "--tr-mass-clamp", "1"], "--tr-mass-clamp"),
+    (["train", "SCENE", "--out", "OUT", "--step-norm-quantile", "1.5"], "--step-norm-quantile"),
     (["train", "--resume", "/nonexistent/run"], "/nonexistent/run"),
     (["eval", "/nonexistent/run"], "/nonexistent/run"),
 ])
