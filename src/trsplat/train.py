@@ -116,6 +116,7 @@ class Trainer:
         self.out = Path(cfg.out)
         self.backend = resolve_backend(cfg.backend)
         self.device = torch.device("cuda" if self.backend == "cuda" else "cpu")
+        self.machine = machine_label(str(self.device))  # what this process's train seconds are timed on
         self.gaussians = gaussians.to(self.device).requires_grad_(True)
         self.background = torch.tensor(scene.background, dtype=torch.float32, device=self.device)
         self.sampler = ViewSampler(len(scene.train), cfg.seed)
@@ -184,7 +185,7 @@ class Trainer:
                   "seconds_per_iteration": self.state.train_seconds / max(iteration, 1),
                   "peak_rss_bytes": self._run_peak("peak_rss_bytes", peak_rss_bytes()),
                   "peak_cuda_bytes": self._run_peak("peak_cuda_bytes", peak_cuda_bytes()),
-                  "machine": machine_label(str(self.device))}
+                  "machine": self.machine}
         stats = getattr(self.optimizer, "stats", None)
         if stats is not None:  # trust-region optimisers: share of steps clipped since the last eval
             record["on_bound_fraction"] = stats.fractions()
