@@ -15,7 +15,7 @@ from trsplat.cli import main
 from trsplat.config import TrainConfig
 from trsplat.gaussians import load_ply
 from trsplat.synthetic import make_synthetic_scene
-from trsplat.train import CHECKPOINT, Trainer, resume, train
+from trsplat.training import RunDir, Trainer, resume, train
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def _config(scene: Path, out: Path, **overrides) -> TrainConfig:
     base = dict(data=str(scene), out=str(out), iters=12, eval_at=[6, 12], n_random_init=300, lpips=False,
                 backend="reference", checkpoint_every=4, sh_interval=4, n_saved_renders=1)
     base.update(overrides)
-    return TrainConfig(**base)
+    return TrainConfig.make(**base)
 
 
 def test_train_writes_all_outputs(tiny_scene, tmp_path) -> None:
@@ -67,11 +67,11 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_scene, tmp_path, monkey
         _interrupt_at(m, 9)
         with pytest.raises(Exception, match="interrupted at iteration 9"):
             train(_config(tiny_scene, tmp_path / "split", **extra))
-    assert torch.load(tmp_path / "split" / CHECKPOINT, weights_only=False)["iteration"] == 9
-    monkeypatch.setattr("trsplat.train.peak_rss_bytes", lambda: 1)  # as a fresh process peaking lower
+    assert torch.load(tmp_path / "split" / RunDir.CHECKPOINT, weights_only=False)["iteration"] == 9
+    monkeypatch.setattr("trsplat.training.trainer.peak_rss_bytes", lambda: 1)  # as a fresh process peaking lower
     resume(tmp_path / "split")
-    full = torch.load(tmp_path / "full" / CHECKPOINT, weights_only=False)
-    split = torch.load(tmp_path / "split" / CHECKPOINT, weights_only=False)
+    full = torch.load(tmp_path / "full" / RunDir.CHECKPOINT, weights_only=False)
+    split = torch.load(tmp_path / "split" / RunDir.CHECKPOINT, weights_only=False)
     for name, tensor in full["params"].items():
         assert torch.equal(tensor, split["params"][name]), name
     m_full = json.loads((tmp_path / "full" / "metrics.json").read_text())["evals"]

@@ -7,35 +7,11 @@ import json
 import sys
 import types
 import typing
-from dataclasses import MISSING, fields
 from pathlib import Path
 
-from trsplat.config import OPTIMIZERS, TrainConfig
+from trsplat.config import TrainConfig, field_default
 from trsplat.errors import TrsplatError
 from trsplat.process_tuning import tune_process
-
-HELP = {
-    "optimizer": f"optimiser: {', '.join(OPTIMIZERS)}",
-    "iters": "number of training iterations",
-    "eval_at": "comma-separated iterations at which to evaluate all test views (the last iteration is always evaluated)",
-    "downscale": "resize images by 1/K once, on load",
-    "backend": "compositing backend: auto, reference, cpu, cuda",
-    "seed": "random seed (initialisation, view order, probes)",
-    "background": "auto (white for Blender/ngp, black for COLMAP), white or black",
-    "init": "auto (SfM points when present, else random), sfm or random",
-    "n_random_init": "number of random initial points (3DGS: 100k for Blender scenes)",
-    "init_box": "half-width of the random-init cube in world units (default: from the cameras, see docs)",
-    "llffhold": "every K-th image is a test view when the dataset has no test split",
-    "max_test_views": "evaluate an evenly spaced subset of this many test views",
-    "lpips": "compute LPIPS at evaluation (slower on CPU)",
-    "n_saved_renders": "test renders written next to their ground truth at each evaluation",
-    "lr_means_max_steps": "steps of the position-lr decay, as 3DGS (none: decay over the run length)",
-    "checkpoint_every": "iterations between checkpoints",
-    "step_norm": "tr only: none (the paper) or median-radius (scale each tensor's Newton steps so their "
-                 "median |step|/radius is 1 before the clip, so the curvature, not only the bound, sets step sizes)",
-    "step_norm_quantile": "tr with --step-norm median-radius: the quantile of |step|/radius set to 1 (0.5, the "
-                          "median; smaller values clip more coordinates, 0 would be the paper's sign steps)",
-}
 
 
 def _parse_int_list(text: str) -> list[int]:
@@ -53,15 +29,17 @@ def _optional(kind):
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ("data", "out")) -> None:
-    """One ``--option`` per :class:`TrainConfig` field, typed from its annotation and default."""
-    hints = typing.get_type_hints(TrainConfig)
-    for f in fields(TrainConfig):
+    """One ``--option`` per leaf of :class:`TrainConfig`, typed from its annotation, with the help
+    text of its field metadata (allowed values are checked by :meth:`TrainConfig.validate`)."""
+    for f, owner, _ in TrainConfig().leaves():
         if f.name in skip:
             continue
-        default = f.default_factory() if f.default is MISSING else f.default
+        default = field_default(f)
         flag = "--" + f.name.replace("_", "-")
-        hint = hints[f.name]
-        help_text = HELP.get(f.name, f.name.replace("_", " "))
+        hint = typing.get_type_hints(type(owner))[f.name]
+        help_text = f.metadata.get("help") or f.name.replace("_", " ")
+        if f.metadata.get("choices"):
+            help_text += f": {', '.join(f.metadata['choices'])}"
         help_text += f" (default: {default})"
         if hint is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
@@ -70,20 +48,18 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
         elif isinstance(hint, types.UnionType):
             inner = next(a for a in typing.get_args(hint) if a is not type(None))
             parser.add_argument(flag, type=_optional(inner), default=default, help=help_text)
-        elif isinstance(hint, type) and issubclass(hint, tuple):
-            parser.add_argument(flag, default=default, help=help_text)
         else:
             parser.add_argument(flag, type=hint, default=default, help=help_text)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    return TrainConfig(**values)
+    return TrainConfig.make(**{f.name: getattr(args, f.name) for f, _, _ in TrainConfig().leaves()
+                               if hasattr(args, f.name)})
 
 
 # -- commands ---------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from trsplat.train import resume, train
+    from trsplat.training import resume, train
 
     if args.resume:
         metrics = resume(args.resume)
@@ -98,27 +74,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _load_run(run_dir: str):
     """(config, checkpoint dict, Gaussians at the checkpoint) of a saved run."""
-    import torch
-
     from trsplat.gaussians import Gaussians
-    from trsplat.train import CHECKPOINT, CONFIG
+    from trsplat.training import RunDir
 
-    run = Path(run_dir)
-    for name in (CONFIG, CHECKPOINT):
-        if not (run / name).is_file():
-            raise TrsplatError(f"{run}: not a trsplat run folder (no {name})")
-    cfg = TrainConfig.from_dict(json.loads((run / CONFIG).read_text()))
-    try:
-        ckpt = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise TrsplatError(f"{run / CHECKPOINT}: cannot read checkpoint ({exc})") from None
+    run = RunDir(run_dir)
+    cfg = run.read_config()
+    ckpt = run.load_checkpoint()
     return cfg, ckpt, Gaussians.from_params(ckpt["params"])
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from trsplat.io_utils import write_json
     from trsplat.render.backends import resolve_backend
-    from trsplat.train import active_sh_degree, evaluate, prepare
+    from trsplat.training import RunDir, active_sh_degree, evaluate, prepare
 
     cfg, ckpt, gaussians = _load_run(args.run)
     scene, _ = prepare(cfg)
@@ -126,7 +94,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics = evaluate(gaussians, scene.test, sh_degree=active_sh_degree(iteration, cfg),
                        background=scene.background, backend=resolve_backend(args.backend), lpips=args.lpips)
     result = {"scene": scene.name, "iteration": iteration, "n_test_views": len(scene.test), **metrics}
-    write_json(Path(args.run) / "eval.json", result)
+    write_json(RunDir(args.run).eval_path, result)
     print(json.dumps(result))
     return 0
 
@@ -136,7 +104,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     from trsplat.render import render
     from trsplat.render.backends import resolve_backend
-    from trsplat.train import active_sh_degree, prepare, save_render_pair
+    from trsplat.training import RunDir, active_sh_degree, prepare, save_render_pair
 
     cfg, ckpt, gaussians = _load_run(args.run)
     scene, _ = prepare(cfg)
@@ -145,7 +113,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     bad = [v for v in views if not 0 <= v < len(frames)]
     if bad:
         raise TrsplatError(f"--views {bad}: the {args.split} split has views 0..{len(frames) - 1}")
-    out = Path(args.out or Path(args.run) / "renders" / args.split)
+    out = Path(args.out) if args.out else RunDir(args.run).renders_dir(split=args.split)
     backend = resolve_backend(args.backend)
     for v in views:
         frame = frames[v]
@@ -159,9 +127,10 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from trsplat.gaussians import save_ply
+    from trsplat.training import RunDir
 
     _, _, gaussians = _load_run(args.run)
-    out = Path(args.out or Path(args.run) / "point_cloud.ply")
+    out = Path(args.out) if args.out else RunDir(args.run).ply_path
     save_ply(gaussians, out)
     print(f"wrote {len(gaussians)} Gaussians to {out}")
     return 0

@@ -1,137 +1,116 @@
-"""Training configuration: one dataclass, with 3DGS and 3DGS²-TR paper defaults.
+"""Training configuration: nested dataclasses with 3DGS and 3DGS²-TR paper defaults.
 
-Every field is a command-line option of ``trsplat train`` (underscores become dashes) and is
-saved in ``DIR/config.json`` and in ``metrics.json`` so a run can be resumed and reproduced.
+``TrainConfig`` holds the run-level knobs and one sub-config per concern (``scene``, ``eval``,
+``optim``, ``strategy``). Every leaf field is a command-line option of ``trsplat train``
+(underscores become dashes; leaf names are unique across sub-configs) and carries its help text,
+allowed values and range in the field's metadata: the CLI and :meth:`TrainConfig.validate` both
+read them there, so the allowed values are written once. ``DIR/config.json`` holds
+:meth:`TrainConfig.to_dict` (nested); flat configs of earlier versions still load.
+Departures from 3DGS are documented in ``docs/training.md``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from typing import Any, Iterator
 
 from trsplat.errors import TrsplatError
 
 OPTIMIZERS = ("adam", "adam-tr", "tr")
+CURVATURES = ("hutchinson", "gnb", "none")
+DENSIFY = ("none",)
+
+
+def opt(default: Any, help: str = "", *, choices: tuple[str, ...] | None = None, lo: float | None = None,
+        hi: float | None = None, lo_open: bool = False, hi_open: bool = False) -> Any:
+    """A config field: ``default`` plus help text, allowed ``choices`` and range [lo, hi] (or open)."""
+    meta = {"help": help, "choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
-class TrainConfig:
-    """All knobs of one training run.
+class SceneConfig:
+    """What is loaded and how the Gaussians start."""
 
-    Departures from 3DGS are marked "departure" and documented in ``docs/training.md``.
-    """
+    data: str = opt("", "capture folder")
+    downscale: float = opt(1.0, "resize images by 1/K once, on load", lo=1)
+    background: str = opt("auto", "auto (white for Blender/ngp, black for COLMAP), white or black",
+                          choices=("auto", "white", "black"))
+    init: str = opt("auto", "auto (SfM points when present, else random), sfm or random",
+                    choices=("auto", "sfm", "random"))
+    n_random_init: int = opt(100_000, "number of random initial points (3DGS: 100k for Blender scenes)", lo=1)
+    init_box: float | None = opt(None, "half-width of the random-init cube in world units "
+                                       "(default: from the cameras, see docs)")
+    llffhold: int = opt(8, "every K-th image is a test view when the dataset has no test split")
+    max_test_views: int | None = opt(None, "evaluate an evenly spaced subset of this many test views")
 
-    data: str = ""
-    out: str = ""
-    optimizer: str = "adam"
-    iters: int = 30_000
-    eval_at: list[int] = field(default_factory=lambda: [7000, 15000, 30000])
-    downscale: float = 1.0
-    backend: str = "auto"
-    seed: int = 0
-    background: str = "auto"           # auto: white for Blender/ngp captures, black for COLMAP (3DGS)
-    # initialisation
-    init: str = "auto"                 # auto | sfm | random
-    n_random_init: int = 100_000       # 3DGS: 100k random points for Blender scenes
-    init_box: float | None = None      # half-width of the random-init cube; None: from the cameras
-    # evaluation
-    llffhold: int = 8
-    max_test_views: int | None = None  # evenly spaced subset of the test views (None: all)
-    lpips: bool = True
-    n_saved_renders: int = 4
-    # loss
-    lambda_dssim: float = 0.2
-    # SH ramp-up: degree +1 every sh_interval iterations, up to sh_degree (3DGS: 1000, 3)
-    sh_degree: int = 3
-    sh_interval: int = 1000
+
+@dataclass
+class EvalConfig:
+    """When and how test metrics are computed."""
+
+    eval_at: list[int] = opt([7000, 15000, 30000], "comma-separated iterations at which to evaluate all test "
+                             "views (the last iteration is always evaluated)")
+    lpips: bool = opt(True, "compute LPIPS at evaluation (slower on CPU)")
+    n_saved_renders: int = opt(4, "test renders written next to their ground truth at each evaluation", lo=0)
+
+
+@dataclass
+class OptimizerConfig:
+    """Adam (3DGS recipe), ADAM-TR and 3DGS²-TR, with the Hellinger trust region's ``tr_*`` options."""
+
+    optimizer: str = opt("adam", "optimiser", choices=OPTIMIZERS)
     # Adam (3DGS recipe); the position lr is multiplied by the scene extent
-    lr_means: float = 1.6e-4
-    lr_means_final: float = 1.6e-6
-    lr_means_max_steps: int | None = 30_000  # 3DGS; None decays over the run length instead
-    lr_sh_dc: float = 2.5e-3
-    lr_sh_rest: float = 2.5e-3 / 20
-    lr_opacity: float = 0.025
-    lr_scale: float = 5e-3
-    lr_rotation: float = 1e-3
-    adam_eps: float = 1e-15
-    # 3DGS²-TR and ADAM-TR (spec §1.2, §1.5, §6); paper defaults
-    eps_start: float = 1e-6            # trust-region ε at the first iteration (rebuttal: 1e-5)
-    eps_end: float = 1e-8              # ε at the last iteration (rebuttal: 1e-7)
-    curvature: str = "hutchinson"      # hutchinson | gnb | none
-    curvature_interval: int = 10       # l: refresh D̂ every l iterations
-    curvature_views: int = 1           # |S₂|: views per curvature refresh
-    n_probes: int = 1                  # ν: probes per view
-    grad_views: int = 1                # |S₁|: views per gradient (all optimisers)
-    theta1: float = 0.9                # gradient EMA
-    theta2: float = 0.999              # curvature EMA
-    guard: str = "sophia"              # sophia | abs | raw: handling of D̂ <= 0 (spec §1.5)
-    guard_floor: float = 1e-12         # floor of D̂ for the sophia/abs guards
-    bias_correction: bool = False      # Adam-style bias correction of both EMAs (paper: off)
-    step_norm: str = "none"            # none (paper) | median-radius: rescale each tensor's Newton steps
-                                       # so their median |Δ|/radius is 1 before the clip (not in the paper)
-    step_norm_quantile: float = 0.5    # median-radius pivot: this quantile of |Δ|/radius is set to 1
-    residual_form: str = "sqrt"        # sqrt (paper) | l2 (surrogate), spec §1.4
-    residual_delta: float = 1e-6       # δ of the sqrt residual, per-pixel loss units
-    # Hellinger trust region (trsplat.optim.hellinger.TrustRegionConfig; spec §2.4, §2.7)
-    tr_bounds: str = "kernel"          # kernel (authors' CUDA kernel) | paper (constants as printed)
-    tr_split_budget: bool = True       # kernel's ε/3 and ε/4 split
-    tr_opacity_eps_scale: float = 1.0  # ε_op = scale · ε
-    tr_mass_clamp: str = "0.01,1.0"    # "lo,hi" clamp of α in the radii, or "none"
-    tr_quat_norm_cap: float | None = 0.1   # quaternion steps ≤ cap·‖q̃‖; None disables
-    tr_rest_ratio: float = 20.0        # SH-rest radius = DC radius / ratio
-    tr_color_box: bool = True          # DC colour in [0, 1], SH rest in [-0.5, 0.5]
-    tr_color_floor: float = 1.0 / 255.0    # colour radius from max(C, floor); 0 = kernel (frozen)
-    tr_rest_radius_from_box: bool = False  # True = kernel (rest radius from the boxed DC interval)
-    tr_mass_bounds: str = "linear"     # linear (kernel) | exact Hellinger intervals for opacity/colour
-    tr_opacity_box_mode: str = "shrink"    # shrink (never reverses a step) | kernel
-    tr_scale_min_ratio: float | None = 0.5  # new scale >= ratio·s; None = kernel (may collapse)
-    # checkpoints
-    checkpoint_every: int = 1000
-
-    def validate(self) -> None:
-        """Raise :class:`TrsplatError` for impossible option combinations."""
-        if self.optimizer not in OPTIMIZERS:
-            raise TrsplatError(f"--optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-        if self.iters < 1:
-            raise TrsplatError(f"--iters must be >= 1, got {self.iters}")
-        if self.downscale < 1:
-            raise TrsplatError(f"--downscale must be >= 1, got {self.downscale}")
-        bad = [i for i in self.eval_at if i < 1 or i > self.iters]
-        if bad:
-            raise TrsplatError(f"--eval-at {bad} outside 1..--iters ({self.iters})")
-        if not 0 <= self.lambda_dssim <= 1:
-            raise TrsplatError(f"--lambda-dssim must be in [0, 1], got {self.lambda_dssim}")
-        if not 0 <= self.sh_degree <= 3:
-            raise TrsplatError(f"--sh-degree must be 0..3, got {self.sh_degree}")
-        if self.n_random_init < 1:
-            raise TrsplatError(f"--n-random-init must be >= 1, got {self.n_random_init}")
-        if self.background not in ("auto", "white", "black"):
-            raise TrsplatError(f"--background {self.background!r}: choose auto, white or black")
-        if self.init not in ("auto", "sfm", "random"):
-            raise TrsplatError(f"--init {self.init!r}: choose auto, sfm or random")
-        if self.eps_start <= 0 or self.eps_end <= 0:
-            raise TrsplatError(f"--eps-start/--eps-end must be > 0, got {self.eps_start}, {self.eps_end}")
-        if self.curvature not in ("hutchinson", "gnb", "none"):
-            raise TrsplatError(f"--curvature {self.curvature!r}: choose hutchinson, gnb or none")
-        if self.guard not in ("sophia", "abs", "raw"):
-            raise TrsplatError(f"--guard {self.guard!r}: choose sophia, abs or raw")
-        if self.step_norm not in ("none", "median-radius"):
-            raise TrsplatError(f"--step-norm {self.step_norm!r}: choose none or median-radius")
-        if not 0.0 < self.step_norm_quantile <= 1.0:
-            raise TrsplatError(f"--step-norm-quantile must lie in (0, 1], got {self.step_norm_quantile}")
-        if self.residual_form not in ("sqrt", "l2"):
-            raise TrsplatError(f"--residual-form {self.residual_form!r}: choose sqrt or l2")
-        for name in ("curvature_interval", "curvature_views", "n_probes", "grad_views"):
-            if getattr(self, name) < 1:
-                raise TrsplatError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("theta1", "theta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise TrsplatError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.residual_delta < 0 or (self.residual_form == "sqrt" and self.residual_delta == 0):
-            raise TrsplatError(f"--residual-delta must be > 0 for the sqrt residual, got {self.residual_delta}")
-        if self.checkpoint_every < 1:
-            raise TrsplatError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
-        self.trust_region()
+    lr_means: float = opt(1.6e-4, "position learning rate at the start (times the scene extent)")
+    lr_means_final: float = opt(1.6e-6, "position learning rate at the end of its decay")
+    lr_means_max_steps: int | None = opt(30_000, "steps of the position-lr decay, as 3DGS "
+                                                 "(none: decay over the run length)")
+    lr_sh_dc: float = opt(2.5e-3, "learning rate of the SH DC coefficients")
+    lr_sh_rest: float = opt(2.5e-3 / 20, "learning rate of the higher SH coefficients")
+    lr_opacity: float = opt(0.025, "learning rate of the opacity logits")
+    lr_scale: float = opt(5e-3, "learning rate of the log-scales")
+    lr_rotation: float = opt(1e-3, "learning rate of the quaternions")
+    adam_eps: float = opt(1e-15, "Adam epsilon")
+    # 3DGS²-TR and ADAM-TR (docs/optimizer.md); paper defaults
+    eps_start: float = opt(1e-6, "trust-region epsilon at the first iteration (rebuttal: 1e-5)", lo=0, lo_open=True)
+    eps_end: float = opt(1e-8, "trust-region epsilon at the last iteration (rebuttal: 1e-7)", lo=0, lo_open=True)
+    curvature: str = opt("hutchinson", "tr: curvature estimator", choices=CURVATURES)
+    curvature_interval: int = opt(10, "tr: refresh the curvature every l iterations", lo=1)
+    curvature_views: int = opt(1, "tr: views per curvature refresh (|S2|)", lo=1)
+    n_probes: int = opt(1, "tr: probes per view (nu)", lo=1)
+    theta1: float = opt(0.9, "tr: gradient EMA factor", lo=0, hi=1, hi_open=True)
+    theta2: float = opt(0.999, "tr: curvature EMA factor", lo=0, hi=1, hi_open=True)
+    guard: str = opt("sophia", "tr: handling of curvature <= 0 (docs/optimizer.md)", choices=("sophia", "abs", "raw"))
+    guard_floor: float = opt(1e-12, "tr: floor of the curvature for the sophia/abs guards")
+    bias_correction: bool = opt(False, "tr: Adam-style bias correction of both EMAs (paper: off)")
+    step_norm: str = opt("none", "tr only: none (the paper) or median-radius (scale each tensor's Newton steps so "
+                         "their median |step|/radius is 1 before the clip, so the curvature, not only the bound, "
+                         "sets step sizes)", choices=("none", "median-radius"))
+    step_norm_quantile: float = opt(0.5, "tr with --step-norm median-radius: the quantile of |step|/radius set to 1 "
+                                    "(0.5, the median; smaller values clip more coordinates, 0 would be the paper's "
+                                    "sign steps)", lo=0, hi=1, lo_open=True)
+    residual_form: str = opt("sqrt", "tr: residual of the curvature estimate: sqrt (paper) or l2 (surrogate)",
+                             choices=("sqrt", "l2"))
+    residual_delta: float = opt(1e-6, "tr: delta of the sqrt residual, per-pixel loss units", lo=0)
+    # Hellinger trust region (trsplat.optim.hellinger.TrustRegionConfig; docs/trust_region.md)
+    tr_bounds: str = opt("kernel", "kernel (authors' CUDA kernel) or paper (constants as printed)",
+                         choices=("kernel", "paper"))
+    tr_split_budget: bool = opt(True, "kernel's eps/3 and eps/4 split of the budget")
+    tr_opacity_eps_scale: float = opt(1.0, "opacity budget = scale * eps")
+    tr_mass_clamp: str = opt("0.01,1.0", "'lo,hi' clamp of alpha in the radii, or 'none'")
+    tr_quat_norm_cap: float | None = opt(0.1, "quaternion steps <= cap * |q|; none disables")
+    tr_rest_ratio: float = opt(20.0, "SH-rest radius = DC radius / ratio")
+    tr_color_box: bool = opt(True, "DC colour in [0, 1], SH rest in [-0.5, 0.5]")
+    tr_color_floor: float = opt(1.0 / 255.0, "colour radius from max(C, floor); 0 = kernel (frozen)")
+    tr_rest_radius_from_box: bool = opt(False, "True = kernel (rest radius from the boxed DC interval)")
+    tr_mass_bounds: str = opt("linear", "linear (kernel) or exact Hellinger intervals for opacity/colour",
+                              choices=("linear", "exact"))
+    tr_opacity_box_mode: str = opt("shrink", "shrink (never reverses a step) or kernel",
+                                   choices=("shrink", "kernel"))
+    tr_scale_min_ratio: float | None = opt(0.5, "new scale >= ratio * s; none = kernel (may collapse)")
 
     def trust_region(self):
         """The :class:`~trsplat.optim.hellinger.TrustRegionConfig` of the ``tr_*`` options."""
@@ -156,13 +135,120 @@ class TrainConfig:
         except ValueError as exc:
             raise TrsplatError(f"trust-region options (--tr-*): {exc}") from None
 
+
+@dataclass
+class StrategyConfig:
+    """Densification: which strategy adds, removes or moves Gaussians during training."""
+
+    densify: str = opt("none", "densification strategy (none: the paper's protocol)", choices=DENSIFY)
+
+
+@dataclass
+class TrainConfig:
+    """All knobs of one training run."""
+
+    out: str = opt("", "output folder of the run")
+    iters: int = opt(30_000, "number of training iterations", lo=1)
+    seed: int = opt(0, "random seed (initialisation, view order, probes)")
+    backend: str = opt("auto", "rendering backend: auto, reference, cpu, cuda",
+                       choices=("auto", "reference", "cpu", "cuda"))
+    lambda_dssim: float = opt(0.2, "weight of the D-SSIM term of the loss", lo=0, hi=1)
+    sh_degree: int = opt(3, "maximum SH degree", lo=0, hi=3)
+    sh_interval: int = opt(1000, "SH degree +1 every this many iterations (3DGS: 1000)", lo=1)
+    grad_views: int = opt(1, "views per gradient (|S1|, all optimisers)", lo=1)
+    checkpoint_every: int = opt(1000, "iterations between checkpoints", lo=1)
+    scene: SceneConfig = field(default_factory=SceneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    optim: OptimizerConfig = field(default_factory=OptimizerConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """A config from :meth:`to_dict`'s nested form or from a flat ``{leaf: value}`` dict
+        (the ``config.json`` of earlier versions, and what the CLI and studies build)."""
+        owner = leaf_owners()
+        nested: dict[str, dict[str, Any]] = {name: {} for name in SUBCONFIGS}
+        top: dict[str, Any] = {}
+        unknown = []
+        for key, value in data.items():
+            if key in SUBCONFIGS and isinstance(value, dict):
+                for leaf, v in value.items():
+                    (nested[key].__setitem__(leaf, v) if owner.get(leaf) == key else unknown.append(f"{key}.{leaf}"))
+            elif key in owner:
+                (top if owner[key] is None else nested[owner[key]])[key] = value
+            else:
+                unknown.append(key)
+        if unknown:
+            raise TrsplatError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        try:
+            return cls(**top, **{name: sub(**nested[name]) for name, sub in SUBCONFIGS.items()})
+        except TypeError as exc:
+            raise TrsplatError(f"config: {exc}") from None
+
+    @classmethod
+    def make(cls, **flat: Any) -> "TrainConfig":
+        """``TrainConfig.make(data=..., optimizer="tr", iters=500)``: a config from flat leaf values."""
+        return cls.from_dict(flat)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise TrsplatError(f"unknown config keys: {', '.join(unknown)}")
-        return cls(**data)
+    def flat(self) -> dict[str, Any]:
+        """``{leaf name: value}`` over every sub-config (the CLI's view of the config)."""
+        return {f.name: value for f, _, value in self.leaves()}
+
+    def leaves(self) -> Iterator[tuple[Any, Any, Any]]:
+        """``(field, owner object, value)`` for every leaf option."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if is_dataclass(value):
+                for g in fields(value):
+                    yield g, value, getattr(value, g.name)
+            else:
+                yield f, self, value
+
+    # -- checks -----------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise :class:`TrsplatError` naming the option for any value outside its allowed set."""
+        for f, _, value in self.leaves():
+            _check_field(f, value)
+        bad = [i for i in self.eval.eval_at if i < 1 or i > self.iters]
+        if bad:
+            raise TrsplatError(f"--eval-at {bad} outside 1..--iters ({self.iters})")
+        o = self.optim
+        if o.residual_form == "sqrt" and o.residual_delta == 0:
+            raise TrsplatError(f"--residual-delta must be > 0 for the sqrt residual, got {o.residual_delta}")
+        o.trust_region()
+
+
+SUBCONFIGS = {"scene": SceneConfig, "eval": EvalConfig, "optim": OptimizerConfig, "strategy": StrategyConfig}
+
+
+def leaf_owners() -> dict[str, str | None]:
+    """Leaf option name -> the sub-config holding it (None: a field of TrainConfig itself)."""
+    owners: dict[str, str | None] = {f.name: None for f in fields(TrainConfig) if f.name not in SUBCONFIGS}
+    for name, sub in SUBCONFIGS.items():
+        owners.update({f.name: name for f in fields(sub)})
+    return owners
+
+
+def field_default(f) -> Any:
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+def _check_field(f, value: Any) -> None:
+    meta, flag = f.metadata, "--" + f.name.replace("_", "-")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise TrsplatError(f"{flag} {value!r}: choose one of {', '.join(choices)}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if value is None or isinstance(value, (bool, str, list)) or (lo is None and hi is None):
+        return
+    low_ok = lo is None or (value > lo if meta["lo_open"] else value >= lo)
+    high_ok = hi is None or (value < hi if meta["hi_open"] else value <= hi)
+    if not (low_ok and high_ok and math.isfinite(value)):
+        left = "(" if meta["lo_open"] else "["
+        right = ")" if meta["hi_open"] else "]"
+        span = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+        raise TrsplatError(f"{flag} must lie in {span}, got {value}")

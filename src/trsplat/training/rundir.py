@@ -6,7 +6,8 @@ A run folder ``DIR`` holds
 - ``metrics.json``     test metrics at each eval iteration and whether the run finished,
 - ``checkpoint.pt``    parameters, optimiser state, RNG states, iteration, timers,
 - ``point_cloud.ply``  the final Gaussians in the INRIA PLY layout,
-- ``renders/iter_N/``  a few test renders next to their ground truth.
+- ``renders/iter_N/``  a few test renders next to their ground truth,
+- ``eval.json``        what ``trsplat eval`` recomputed, ``renders/SPLIT/`` what ``trsplat render`` drew.
 
 Every file is written atomically (temporary name, fsync, rename).
 """
@@ -35,6 +36,7 @@ class RunDir:
     METRICS = "metrics.json"
     CHECKPOINT = "checkpoint.pt"
     PLY = "point_cloud.ply"
+    EVAL = "eval.json"
     RENDERS = "renders"
 
     def __init__(self, path: str | Path) -> None:
@@ -59,6 +61,10 @@ class RunDir:
     @property
     def ply_path(self) -> Path:
         return self.path / self.PLY
+
+    @property
+    def eval_path(self) -> Path:
+        return self.path / self.EVAL
 
     def renders_dir(self, iteration: int | None = None, split: str | None = None) -> Path:
         """``renders/iter_N`` (training evals) or ``renders/SPLIT`` (``trsplat render``)."""

@@ -1,0 +1,63 @@
+"""The strategy protocol and the paper's default, no densification."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from trsplat.errors import TrsplatError
+from trsplat.gaussians import Gaussians
+
+
+@dataclass
+class StepInfo:
+    """What one training step rendered: the strategy's view of it.
+
+    Attributes:
+        iteration: the 1-based training iteration.
+        view_ids: indices of the training views rendered for the gradient.
+        renders: one :class:`~trsplat.render.RenderOutput` per view (radii, visibility, ...).
+        extras: free-form values a strategy or hook wants to pass along.
+    """
+
+    iteration: int
+    view_ids: list[int]
+    renders: list[Any] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Strategy:
+    """Base class: called by the trainer before and after each backward pass.
+
+    ``step_pre_backward`` runs after the step's renders, before ``loss.backward()`` (e.g. to
+    retain gradients of 2D means); ``step_post_backward`` after the gradients are synchronised and
+    before ``optimizer.step`` (where ADC and MCMC add, prune or relocate Gaussians through
+    :mod:`trsplat.strategy.ops`). Both may replace the tensors of ``gaussians``; the optimiser's
+    parameters and state then follow through the ops helpers. ``state_dict`` is saved in the
+    checkpoint, so a strategy with counters resumes bit-identically.
+    """
+
+    def step_pre_backward(self, gaussians: Gaussians, optimizer: torch.optim.Optimizer, info: StepInfo) -> None:
+        pass
+
+    def step_post_backward(self, gaussians: Gaussians, optimizer: torch.optim.Optimizer, info: StepInfo) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class NoDensification(Strategy):
+    """A fixed set of Gaussians (the paper's protocol and trsplat's default)."""
+
+
+def build_strategy(name: str) -> Strategy:
+    """The strategy named by ``--densify``."""
+    if name == "none":
+        return NoDensification()
+    raise TrsplatError(f"--densify {name!r}: unknown strategy")

@@ -1,0 +1,343 @@
+"""The training loop: one step, its hook points, evaluation, checkpoints and resume.
+
+One step (``Trainer.train_step``)::
+
+    render the step's views -> loss -> backward          (strategy.step_pre_backward before it)
+    -> grad_sync(grads)                                   (data-parallel all-reduce; identity alone)
+    -> strategy.step_post_backward(...)                   (densification; none by default)
+    -> schedulers.step(iteration); optimizer.step(closure) (closure: the curvature estimate when due)
+    -> hooks.on_step / on_eval                            (progress, logging, viewer)
+
+The run folder is a :class:`~trsplat.training.rundir.RunDir`.
+"""
+
+from __future__ import annotations
+
+import resource
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from trsplat.bench.machine import machine_label
+from trsplat.config import TrainConfig
+from trsplat.errors import TrsplatError
+from trsplat.gaussians import Gaussians
+from trsplat.loss import residuals, training_loss
+from trsplat.optim.build import build_optimizer
+from trsplat.optim.curvature import CurvatureEstimator, ResidualFn
+from trsplat.render import render
+from trsplat.render.backends import resolve_backend
+from trsplat.strategy import Strategy, StepInfo, build_strategy
+from trsplat.training.evaluation import active_sh_degree, evaluate
+from trsplat.training.hooks import Hook, ProgressBar
+from trsplat.training.rundir import CHECKPOINT_FORMAT, RunDir
+
+GradSync = Callable[[dict[str, torch.Tensor]], None]
+"""Reduces per-parameter tensors in place across processes (gradients, then curvature estimates)."""
+
+
+class ViewSampler:
+    """3DGS's camera order: pop from a shuffled stack of the training views, reshuffle when empty."""
+
+    def __init__(self, n_views: int, seed: int) -> None:
+        self.n_views = n_views
+        self.generator = torch.Generator().manual_seed(seed)
+        self.stack: list[int] = []
+
+    def next(self) -> int:
+        if not self.stack:
+            self.stack = torch.randperm(self.n_views, generator=self.generator).tolist()
+        return self.stack.pop()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "stack": list(self.stack)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.stack = list(state["stack"])
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports kilobytes)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def peak_cuda_bytes() -> int | None:
+    return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+
+
+def make_residual_fn(*, sh_degree: int, background: torch.Tensor, backend: str, form: str,
+                     lambda_dssim: float, delta: float) -> ResidualFn:
+    """The residual vector of the training loss for one view, as a function of the raw tensors
+    (what the curvature estimators differentiate in both AD modes)."""
+
+    def fn(params: dict[str, torch.Tensor], frame) -> torch.Tensor:
+        out = render(Gaussians.from_params(params), frame.camera, sh_degree=sh_degree, background=background,
+                     backend=backend)
+        return residuals(out.image, frame.image.to(out.image.device), form=form,
+                         lambda_dssim=lambda_dssim, delta=delta)
+
+    return fn
+
+
+@dataclass
+class RunState:
+    """Everything that changes during a run and must survive a resume."""
+
+    iteration: int = 0
+    train_seconds: float = 0.0
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains ``gaussians`` on ``scene`` according to ``cfg``, writing into ``cfg.out``.
+
+    ``strategy`` (default: from ``cfg.strategy``) may change the set of Gaussians; ``hooks``
+    observe (default: a progress bar); ``grad_sync`` reduces gradients and curvature estimates
+    across processes before the optimiser uses them.
+    """
+
+    def __init__(self, cfg: TrainConfig, scene, gaussians: Gaussians, *, strategy: Strategy | None = None,
+                 hooks: Iterable[Hook] | None = None, grad_sync: GradSync | None = None) -> None:
+        self.cfg = cfg
+        self.scene = scene
+        self.run_dir = RunDir(cfg.out)
+        self.backend = resolve_backend(cfg.backend)
+        self.device = torch.device("cuda" if self.backend == "cuda" else "cpu")
+        self.machine = machine_label(str(self.device))  # what this process's train seconds are timed on
+        self.gaussians = gaussians.to(self.device).requires_grad_(True)
+        self.background = torch.tensor(scene.background, dtype=torch.float32, device=self.device)
+        self.sampler = ViewSampler(len(scene.train), cfg.seed)
+        self.optimizer, self.schedulers = build_optimizer(cfg.optim, self.gaussians.params(), extent=scene.extent,
+                                                          iters=cfg.iters, seed=cfg.seed)
+        self.estimator = CurvatureEstimator(cfg.optim.curvature, cfg.optim.n_probes)
+        self.strategy = strategy if strategy is not None else build_strategy(cfg.strategy.densify)
+        self.hooks = list(hooks) if hooks is not None else [ProgressBar()]
+        self.grad_sync = grad_sync
+        self.state = RunState()
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def checkpoint(self) -> dict[str, Any]:
+        return {
+            "iteration": self.state.iteration,
+            "train_seconds": self.state.train_seconds,
+            "evals": self.state.evals,
+            "params": {k: v.detach().cpu() for k, v in self.gaussians.params().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "config": self.cfg.to_dict(),
+        }
+
+    def load_checkpoint(self, ckpt: dict[str, Any]) -> None:
+        """Restore a checkpoint of this run (see :meth:`RunDir.load_checkpoint`)."""
+        path = self.run_dir.checkpoint_path
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise TrsplatError(f"{path}: checkpoint written by an earlier trsplat (format {ckpt.get('format', 1)}, "
+                               f"this version reads {CHECKPOINT_FORMAT}); it cannot be resumed, but eval, "
+                               f"render and export still read it")
+        try:  # a strategy may have changed the number of Gaussians: take the saved ones as they are
+            saved = Gaussians.from_params({k: v.to(self.device) for k, v in ckpt["params"].items()})
+        except (KeyError, ValueError) as exc:
+            raise TrsplatError(f"{path}: bad parameters ({exc})") from None
+        self.gaussians = saved.requires_grad_(True)
+        self.optimizer, self.schedulers = build_optimizer(self.cfg.optim, self.gaussians.params(),
+                                                          extent=self.scene.extent, iters=self.cfg.iters,
+                                                          seed=self.cfg.seed)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.strategy.load_state_dict(ckpt.get("strategy", {}))
+        self.sampler.load_state_dict(ckpt["sampler"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        self.state = RunState(ckpt["iteration"], ckpt["train_seconds"], ckpt["evals"])
+
+    # -- outputs ----------------------------------------------------------------------------
+    def write_metrics(self, finished: bool = False) -> None:
+        """``finished`` is set once the final PLY is written: a copy of ``metrics.json`` and
+        ``config.json`` alone (the committed study results) then still says the run completed."""
+        self.run_dir.write_metrics({
+            "scene": self.scene.name,
+            "config": self.cfg.to_dict(),
+            "n_gaussians": len(self.gaussians),
+            "backend": self.backend,
+            "finished": finished,
+            "evals": self.state.evals,
+        })
+
+    def _run_peak(self, key: str, now: int | None) -> int | None:
+        """Peak memory of the whole run: this process's peak, or an earlier eval's if a process
+        before a resume peaked higher."""
+        earlier = [e[key] for e in self.state.evals if e.get(key) is not None]
+        return None if now is None and not earlier else max(earlier + ([now] if now is not None else []))
+
+    def run_eval(self, iteration: int) -> dict[str, Any]:
+        metrics = evaluate(
+            self.gaussians.detach(), self.scene.test, sh_degree=active_sh_degree(iteration, self.cfg),
+            background=self.background, backend=self.backend, lpips=self.cfg.eval.lpips,
+            save_dir=self.run_dir.renders_dir(iteration), n_saved=self.cfg.eval.n_saved_renders,
+        )
+        record = {"iteration": iteration, **metrics, "n_alive": self.gaussians.count_alive(),
+                  "train_seconds": self.state.train_seconds,
+                  "seconds_per_iteration": self.state.train_seconds / max(iteration, 1),
+                  "peak_rss_bytes": self._run_peak("peak_rss_bytes", peak_rss_bytes()),
+                  "peak_cuda_bytes": self._run_peak("peak_cuda_bytes", peak_cuda_bytes()),
+                  "machine": self.machine}
+        trust_region = getattr(self.optimizer, "trust_region", None)
+        if trust_region is not None:  # share of steps clipped since the last eval
+            record["on_bound_fraction"] = trust_region.stats.fractions()
+            trust_region.stats.reset()
+        self.state.evals = [e for e in self.state.evals if e["iteration"] != iteration] + [record]
+        self.write_metrics()
+        return record
+
+    # -- one step ---------------------------------------------------------------------------
+    def train_step(self, iteration: int) -> tuple[float, float]:
+        """One optimisation step on ``grad_views`` views; returns (loss, train-image PSNR)."""
+        sh_degree = active_sh_degree(iteration, self.cfg)
+        info = StepInfo(iteration, [self.sampler.next() for _ in range(self.cfg.grad_views)])
+        total_loss, total_mse = 0.0, 0.0
+        for view in info.view_ids:
+            frame = self.scene.train[view]
+            out = render(self.gaussians, frame.camera, sh_degree=sh_degree, background=self.background,
+                         backend=self.backend)
+            info.renders.append(out)
+            gt = frame.image.to(self.device)
+            loss = training_loss(out.image, gt, self.cfg.lambda_dssim) / len(info.view_ids)
+            self.strategy.step_pre_backward(self.gaussians, self.optimizer, info)
+            loss.backward()
+            total_loss += float(loss.detach())
+            with torch.no_grad():
+                total_mse += float(torch.mean((out.image.detach().clamp(0, 1) - gt) ** 2)) / len(info.view_ids)
+        if self.grad_sync is not None:
+            self.grad_sync({k: p.grad for k, p in self.gaussians.params().items() if p.grad is not None})
+        self.strategy.step_post_backward(self.gaussians, self.optimizer, info)
+        for scheduler in self.schedulers:
+            scheduler.step(iteration)
+        self.optimizer.step(self._curvature_closure(sh_degree, info.view_ids))
+        self.optimizer.zero_grad(set_to_none=True)
+        return total_loss, float(-10.0 * np.log10(max(total_mse, 1e-12)))
+
+    def _curvature_closure(self, sh_degree: int, grad_view_ids: list[int]) -> Callable:
+        """What 3DGS²-TR calls when its curvature refresh is due: the diagonal estimate on |S₂|
+        training views drawn uniformly, excluding the gradient views when possible."""
+
+        def closure(generator: torch.Generator) -> dict[str, torch.Tensor]:
+            o = self.cfg.optim
+            n = len(self.scene.train)
+            pool = [i for i in range(n) if i not in grad_view_ids] or list(range(n))
+            picks = torch.randint(0, len(pool), (o.curvature_views,), generator=generator)
+            views = [self.scene.train[pool[int(i)]] for i in picks]
+            residual_fn = make_residual_fn(sh_degree=sh_degree, background=self.background, backend=self.backend,
+                                           form=o.residual_form, lambda_dssim=self.cfg.lambda_dssim,
+                                           delta=o.residual_delta)
+            diag = self.estimator.estimate({k: v.detach() for k, v in self.gaussians.params().items()}, views,
+                                           residual_fn, generator)
+            if self.grad_sync is not None:
+                self.grad_sync(diag)
+            return diag
+
+        return closure
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.run_dir.write_config(cfg)
+        eval_at = sorted(set(cfg.eval.eval_at) | {cfg.iters})
+        stop = _StopRequest()
+        for hook in self.hooks:
+            hook.on_start(self)
+        try:
+            while self.state.iteration < cfg.iters:
+                iteration = self.state.iteration + 1
+                start = time.perf_counter()
+                loss, psnr = self.train_step(iteration)
+                self.state.train_seconds += time.perf_counter() - start
+                self.state.iteration = iteration
+                if not np.isfinite(loss):
+                    raise TrsplatError(f"iteration {iteration}: the loss is {loss}; the run diverged "
+                                       f"(last good checkpoint: {self.run_dir.checkpoint_path})")
+                for hook in self.hooks:
+                    hook.on_step(self, iteration, loss, psnr)
+                if iteration in eval_at:
+                    record = self.run_eval(iteration)
+                    for hook in self.hooks:
+                        hook.on_eval(self, record)
+                if iteration in eval_at or iteration % cfg.checkpoint_every == 0 or stop.requested:
+                    self.run_dir.save_checkpoint(self.checkpoint())
+                if stop.requested and iteration < cfg.iters:
+                    raise TrsplatError(f"interrupted at iteration {iteration}; checkpoint saved, "
+                                       f"continue with: trsplat train --resume {self.run_dir.path}")
+        finally:
+            stop.restore()
+            for hook in self.hooks:
+                hook.on_close(self)
+        self.run_dir.save_ply(self.gaussians)
+        self.run_dir.save_checkpoint(self.checkpoint())
+        self.write_metrics(finished=True)
+        metrics = self.run_dir.read_metrics()
+        for hook in self.hooks:
+            hook.on_finish(self, metrics)
+        return metrics
+
+
+class _StopRequest:
+    """Ctrl-C / SIGTERM handler: the first signal asks the loop to stop after the current iteration
+    (so the checkpoint holds a consistent state); a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def prepare(cfg: TrainConfig):
+    """Load the scene and the initial Gaussians for ``cfg``."""
+    from trsplat.data.scene import detect_format, init_gaussians, load_scene
+
+    s = cfg.scene
+    background = s.background
+    if background == "auto":  # 3DGS: black unless the capture has alpha (Blender/ngp: white)
+        background = "black" if detect_format(s.data)[0] == "colmap" else "white"
+    scene = load_scene(s.data, downscale=s.downscale, background=background,
+                       llffhold=s.llffhold, max_test_views=s.max_test_views)
+    gaussians = init_gaussians(scene, n_random=s.n_random_init, init_box=s.init_box, seed=cfg.seed, init=s.init)
+    return scene, gaussians
+
+
+def train(cfg: TrainConfig, **trainer_options) -> dict[str, Any]:
+    """Train a new run described by ``cfg``; ``trainer_options`` go to :class:`Trainer`."""
+    cfg.validate()
+    run_dir = RunDir(cfg.out)
+    if run_dir.has_checkpoint():
+        raise TrsplatError(f"{run_dir.path} already holds a run; use --resume {run_dir.path} to continue it "
+                           f"or choose another --out")
+    torch.manual_seed(cfg.seed)
+    scene, gaussians = prepare(cfg)
+    return Trainer(cfg, scene, gaussians, **trainer_options).run()
+
+
+def resume(out_dir: str | Path, **trainer_options) -> dict[str, Any]:
+    """Continue the run in ``out_dir`` from its checkpoint; reaches the same result as an uninterrupted run."""
+    run_dir = RunDir(out_dir)
+    if not run_dir.has_checkpoint():
+        raise TrsplatError(f"{run_dir.path}: no {RunDir.CHECKPOINT} to resume from")
+    cfg = run_dir.read_config()
+    cfg.out = str(run_dir.path)
+    ckpt = run_dir.load_checkpoint()
+    scene, gaussians = prepare(cfg)
+    trainer = Trainer(cfg, scene, gaussians, **trainer_options)
+    trainer.load_checkpoint(ckpt)
+    return trainer.run()

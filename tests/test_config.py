@@ -1,0 +1,66 @@
+"""The nested training config: flat and nested forms, validation from field metadata, CLI flags."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from trsplat.cli import add_config_arguments, config_from_args
+from trsplat.config import SUBCONFIGS, TrainConfig, leaf_owners
+from trsplat.errors import TrsplatError
+
+
+def test_nested_and_flat_forms_round_trip() -> None:
+    cfg = TrainConfig.make(data="scene", out="run", optimizer="tr", eps_start=1e-5, eval_at=[5, 10], iters=10,
+                           densify="none", n_random_init=7)
+    assert cfg.optim.optimizer == "tr" and cfg.scene.n_random_init == 7 and cfg.eval.eval_at == [5, 10]
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg          # nested (config.json of this version)
+    assert TrainConfig.from_dict(cfg.flat()) == cfg             # flat (config.json of earlier versions)
+    assert set(cfg.to_dict()) == {"out", "iters", "seed", "backend", "lambda_dssim", "sh_degree", "sh_interval",
+                                  "grad_views", "checkpoint_every", *SUBCONFIGS}
+
+
+def test_leaf_names_are_unique_across_subconfigs() -> None:
+    names = [f.name for f, _, _ in TrainConfig().leaves()]
+    assert len(names) == len(set(names)) == len(leaf_owners())
+
+
+def test_unknown_keys_are_named() -> None:
+    with pytest.raises(TrsplatError, match="bogus"):
+        TrainConfig.from_dict({"bogus": 1})
+    with pytest.raises(TrsplatError, match=r"optim\.n_random_init"):
+        TrainConfig.from_dict({"optim": {"n_random_init": 3}})
+
+
+@pytest.mark.parametrize("flat, flag", [
+    ({"optimizer": "sgd"}, "--optimizer"),
+    ({"curvature": "exact"}, "--curvature"),
+    ({"iters": 0}, "--iters"),
+    ({"downscale": 0.5}, "--downscale"),
+    ({"theta1": 1.0}, "--theta1"),
+    ({"eps_start": 0.0}, "--eps-start"),
+    ({"eps_end": float("nan")}, "--eps-end"),
+    ({"step_norm_quantile": 1.5}, "--step-norm-quantile"),
+    ({"sh_degree": 4}, "--sh-degree"),
+    ({"lambda_dssim": -0.1}, "--lambda-dssim"),
+    ({"tr_mass_clamp": "1"}, "--tr-mass-clamp"),
+    ({"residual_delta": 0.0}, "--residual-delta"),
+    ({"iters": 10, "eval_at": [20]}, "--eval-at"),
+])
+def test_validation_names_the_option(flat, flag) -> None:
+    with pytest.raises(TrsplatError, match=flag):
+        TrainConfig.make(**flat).validate()
+
+
+def test_defaults_are_valid_and_every_leaf_is_a_flag() -> None:
+    TrainConfig().validate()
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, skip=())
+    args = parser.parse_args(["--optimizer", "tr", "--eval-at", "3,6", "--no-lpips", "--init-box", "none",
+                              "--tr-quat-norm-cap", "0.2"])
+    cfg = config_from_args(args)
+    assert cfg.optim.optimizer == "tr" and cfg.eval.eval_at == [3, 6] and cfg.eval.lpips is False
+    assert cfg.scene.init_box is None and cfg.optim.tr_quat_norm_cap == 0.2
+    assert TrainConfig.from_dict({**TrainConfig().flat(), "optimizer": "tr", "eval_at": [3, 6], "lpips": False,
+                                  "tr_quat_norm_cap": 0.2}) == cfg
