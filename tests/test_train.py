@@ -15,7 +15,8 @@ from trsplat.cli import main
 from trsplat.config import TrainConfig
 from trsplat.gaussians import load_ply
 from trsplat.synthetic import make_synthetic_scene
-from trsplat.training import RunDir, Trainer, resume, train
+from trsplat.strategy import Strategy, ops
+from trsplat.training import Hook, RunDir, Trainer, resume, train
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +121,80 @@ def test_existing_run_is_not_overwritten(tiny_scene, tmp_path, capsys) -> None:
     assert main(args) == 0
     assert main(args) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+class _Recorder(Hook):
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def on_start(self, trainer) -> None:
+        self.calls.append(("start", trainer.state.iteration))
+
+    def on_step(self, trainer, iteration, loss, psnr) -> None:
+        self.calls.append(("step", iteration))
+
+    def on_eval(self, trainer, record) -> None:
+        self.calls.append(("eval", record["iteration"]))
+
+    def on_finish(self, trainer, metrics) -> None:
+        self.calls.append(("finish", metrics["finished"]))
+
+    def on_close(self, trainer) -> None:
+        self.calls.append(("close",))
+
+
+class _PruneOnce(Strategy):
+    """Drops every third Gaussian at iteration 5 and counts its calls (saved for resume)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def step_post_backward(self, gaussians, optimizer, info) -> None:
+        self.calls += 1
+        assert len(info.renders) == len(info.view_ids) == 1 and info.renders[0].radii.shape == (len(gaussians),)
+        if info.iteration == 5:
+            ops.select(gaussians, optimizer, torch.arange(len(gaussians)) % 3 != 0)
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state) -> None:
+        self.calls = state["calls"]
+
+
+def test_hook_points_are_called_in_order(tiny_scene, tmp_path) -> None:
+    recorder = _Recorder()
+    train(_config(tiny_scene, tmp_path / "run", iters=6, eval_at=[3]), hooks=[recorder])
+    assert recorder.calls == ([("start", 0)] + [("step", i) for i in (1, 2, 3)] + [("eval", 3)]
+                              + [("step", i) for i in (4, 5, 6)] + [("eval", 6), ("close",), ("finish", True)])
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "tr", "adam-tr"])
+def test_resume_is_bit_identical_across_a_strategy_change(tiny_scene, tmp_path, monkeypatch, optimizer) -> None:
+    extra = dict(optimizer=optimizer, curvature_interval=3, eps_start=1e-4, eps_end=1e-6)
+    train(_config(tiny_scene, tmp_path / "full", **extra), strategy=_PruneOnce())
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 9)
+        with pytest.raises(Exception, match="interrupted at iteration 9"):
+            train(_config(tiny_scene, tmp_path / "split", **extra), strategy=_PruneOnce())
+    strategy = _PruneOnce()
+    resume(tmp_path / "split", strategy=strategy)
+    assert strategy.calls == 12
+    full = torch.load(tmp_path / "full" / RunDir.CHECKPOINT, weights_only=False)
+    split = torch.load(tmp_path / "split" / RunDir.CHECKPOINT, weights_only=False)
+    assert full["params"]["means"].shape[0] == 200  # 300 minus every third
+    for name, tensor in full["params"].items():
+        assert torch.equal(tensor, split["params"][name]), name
+    assert len(load_ply(tmp_path / "split" / "point_cloud.ply")) == 200
+
+
+def test_checkpoint_of_an_earlier_format_is_refused_in_one_line(tiny_scene, tmp_path, capsys) -> None:
+    run = tmp_path / "old"
+    train(_config(tiny_scene, run, iters=4, eval_at=[4]))
+    ckpt = torch.load(run / RunDir.CHECKPOINT, weights_only=False)
+    ckpt.pop("format")  # what trsplat wrote before checkpoint format 2
+    torch.save(ckpt, run / RunDir.CHECKPOINT)
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "earlier trsplat" in err and str(run) in err and "\n" not in err
+    assert main(["export", str(run), "--out", str(tmp_path / "old.ply")]) == 0  # its parameters still serve
