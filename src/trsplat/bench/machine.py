@@ -1,11 +1,13 @@
-"""The machine a benchmark ran on (CPU model, cores, memory) and the command that ran it."""
+"""The machine a benchmark ran on (CPU model, cores, memory), the command that ran it, and when."""
 
 from __future__ import annotations
 
 import os
 import platform
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 
 def cpu_model() -> str:
@@ -53,3 +55,58 @@ def command_line() -> str:
     if sys.argv[0].endswith("trsplat"):
         return " ".join(["trsplat"] + sys.argv[1:])
     return " ".join(sys.argv)
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def machine_info(*, threads: bool = True) -> dict[str, Any]:
+    """Host, CPU model, usable cores, RAM, platform, Python, torch and the GPU; with ``threads``,
+    also what CPU timings depend on: torch's and numba's thread counts, numba's threading layer
+    (loads the CPU kernels, so ``threads=False`` where that is not wanted) and numba's and numpy's
+    versions."""
+    info: dict[str, Any] = {"host": platform.node(), "cpu_model": cpu_model(), "cores": usable_cores(),
+                            "memory_bytes": memory_bytes(),
+                            "platform": platform.platform(), "python": platform.python_version()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except Exception:
+        pass
+    if threads:
+        import numba
+        import numpy
+        import torch
+
+        info.update(torch_threads=torch.get_num_threads(), numba=numba.__version__,
+                    numba_threads=numba.get_num_threads(), numba_threading_layer=_threading_layer(),
+                    numpy=numpy.__version__)
+    return info
+
+
+def _threading_layer() -> str | None:
+    try:
+        from trsplat.render import cpu_kernels  # noqa: F401 (compiles/loads the kernels)
+        import numba
+
+        return numba.threading_layer()
+    except Exception:  # threading layer only known after a parallel kernel ran
+        return None
+
+
+def machine_text(m: dict[str, Any]) -> str:
+    """One line for a report from a :func:`machine_info` record ("" for none)."""
+    if not m:
+        return ""
+    text = f"{m.get('cpu_model') or 'unknown CPU'}, {m.get('cores')} cores"
+    if m.get("memory_bytes"):
+        text += f", {m['memory_bytes'] / 2**30:.0f} GiB RAM"
+    if m.get("gpu"):
+        text += f", GPU {m['gpu']}"
+    text += f" ({m.get('host', '?')}; {m.get('platform', '')}; Python {m.get('python')}, torch {m.get('torch')})"
+    return text

@@ -37,7 +37,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -47,12 +46,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from trsplat.bench.machine import cpu_model, memory_bytes, usable_cores
+from trsplat.bench.datasets import default_capture
+from trsplat.bench.machine import machine_info, memory_bytes
 from trsplat.process_tuning import tune_process
 
-DEFAULT_DATA = Path(__file__).resolve().parents[4] / "shared" / "data" / "nerf_synthetic_chair"
-if not DEFAULT_DATA.exists():  # installed elsewhere: fall back to the project's shared folder
-    DEFAULT_DATA = Path("/work/shared/data/nerf_synthetic_chair")
+DEFAULT_DATA = default_capture()  # $TRSPLAT_DATA/nerf_synthetic_chair
 
 # Cost per padded (pixel, splat) pair of the reference compositor for forward + backward + JVP
 # of one render (~8 s for 1.0e8 pairs at N=100k, 400x400 on an idle 2-core AMD EPYC, several
@@ -180,37 +178,6 @@ def make_scene(case: BenchCase, data_dir=DEFAULT_DATA):
     if case.kind == "chair":
         return chair_scene(case.n_gaussians, case.seed, data_dir)
     raise ValueError(f"unknown bench case kind {case.kind!r}")
-
-
-# -- machine --------------------------------------------------------------------------------------
-def machine_info() -> dict[str, Any]:
-    import numba
-    import numpy
-    import torch
-
-    return {
-        "cpu_model": cpu_model(),
-        "cores": usable_cores(),
-        "memory_bytes": memory_bytes(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "numba": numba.__version__,
-        "numba_threads": numba.get_num_threads(),
-        "numba_threading_layer": _threading_layer(),
-        "numpy": numpy.__version__,
-    }
-
-
-def _threading_layer() -> str | None:
-    try:
-        from trsplat.render import cpu_kernels  # noqa: F401 (compiles/loads the kernels)
-        import numba
-
-        return numba.threading_layer()
-    except Exception:  # threading layer only known after a parallel kernel ran
-        return None
 
 
 def _rss(field: str) -> int | None:
