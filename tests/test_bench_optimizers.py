@@ -6,11 +6,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 
-from trsplat.bench import optimizers as ob
+from trsplat.bench.datasets import DATA_ENV
+from trsplat.bench.study import aggregate as agg
+from trsplat.bench.study import cli as study_cli
+from trsplat.bench.study import runner
+from trsplat.bench.study import spec as sp
+from trsplat.bench.study.report import aggregate
+from trsplat.config import TrainConfig, leaf_owners
 from trsplat.errors import TrsplatError
 
 ITERS = 100
@@ -46,10 +53,10 @@ def spec_dict(data_dir: str, **extra) -> dict:
     return d
 
 
-def write_fake_run(out: Path, spec: ob.StudySpec, scene: str, variant: str, seed: int, *, upto: int = ITERS,
+def write_fake_run(out: Path, spec: sp.StudySpec, scene: str, variant: str, seed: int, *, upto: int = ITERS,
                    finished: bool = True, psnr_offset: float = 0.0, machine: str | None = None) -> Path:
     """A run folder as ``trsplat train`` leaves it, with the known numbers above."""
-    path = ob.run_dir(out, scene, variant, seed)
+    path = sp.run_dir(out, scene, variant, seed)
     path.mkdir(parents=True, exist_ok=True)
     cfg = spec.run_config(scene, variant, seed, out).to_dict()
     evals = []
@@ -79,7 +86,7 @@ def write_fake_run(out: Path, spec: ob.StudySpec, scene: str, variant: str, seed
 def study(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    spec = ob.StudySpec.from_dict(spec_dict(str(data)))
+    spec = sp.StudySpec.from_dict(spec_dict(str(data)))
     out = tmp_path / "study"
     for scene, offset in (("s1", 0.0), ("s2", 1.0)):
         for variant in spec.variants:
@@ -90,55 +97,55 @@ def study(tmp_path):
 
 # -- spec ----------------------------------------------------------------------------------------
 def test_spec_iterations_meta_and_guards(tmp_path) -> None:
-    spec = ob.StudySpec.from_dict(spec_dict(str(tmp_path)))
+    spec = sp.StudySpec.from_dict(spec_dict(str(tmp_path)))
     assert spec.eval_iterations() == EVALS and spec.table_iterations() == [50, 100] and spec.half_iteration() == 50
-    paper = ob.load_spec(preset="paper-study")
+    paper = sp.load_spec(preset="paper-study", data_root=tmp_path)
     assert paper.eval_iterations() == [3000, 6000, 7000, 9000, 12000, 15000, 18000, 21000, 24000, 27000, 30000]
     assert paper.table_iterations() == [7000, 15000, 30000]
     assert len(paper.variants) == 9 and paper.seeds == [0, 1, 2]
     assert paper.variants["tr-gnb-rebuttal"].meta == {"optimizer": "tr", "curvature": "gnb", "eps": "rebuttal"}
     assert paper.variants["tr-gnb-rebuttal"].overrides["eps_start"] == 1e-5
     assert paper.scenes["nerf_synthetic_chair"].options["max_test_views"] >= 25
-    assert ob.curvature_partner(paper, "tr-hutchinson-paper") == "tr-none-paper"
-    assert ob.curvature_partner(paper, "tr-gnb-rebuttal") == "tr-none-rebuttal"
-    assert ob.curvature_partner(paper, "adam-tr-paper") is None
-    abl = ob.load_spec(preset="ablations")
+    assert agg.curvature_partner(paper, "tr-hutchinson-paper") == "tr-none-paper"
+    assert agg.curvature_partner(paper, "tr-gnb-rebuttal") == "tr-none-rebuttal"
+    assert agg.curvature_partner(paper, "adam-tr-paper") is None
+    abl = sp.load_spec(preset="ablations", data_root=tmp_path)
     assert abl.variants["adam-run-decay"].meta == {"optimizer": "adam", "ablation": "lr_means_max_steps=None"}
-    assert abl.run_config("colmap_bird", "adam-run-decay", 0, tmp_path / "o").lr_means_max_steps is None
+    assert abl.run_config("colmap_bird", "adam-run-decay", 0, tmp_path / "o").optim.lr_means_max_steps is None
     assert "ablation" in abl.variants["tr-hutchinson-paper-guard-abs"].meta
-    assert ob.curvature_partner(abl, "tr-hutchinson-paper-guard-abs") is None
-    assert ob.curvature_partner(abl, "tr-hutchinson-paper-printed-bounds") == "tr-none-paper-printed-bounds"
+    assert agg.curvature_partner(abl, "tr-hutchinson-paper-guard-abs") is None
+    assert agg.curvature_partner(abl, "tr-hutchinson-paper-printed-bounds") == "tr-none-paper-printed-bounds"
     guarded = abl.variants["tr-hutchinson-rebuttal-opacity-eps0.1"]
     assert guarded.meta == {"optimizer": "tr", "curvature": "hutchinson", "eps": "rebuttal",
                             "ablation": "tr_opacity_eps_scale=0.1"}
-    assert ob.curvature_partner(abl, "tr-hutchinson-rebuttal-opacity-eps0.1") == "tr-none-rebuttal-opacity-eps0.1"
-    assert ob.curvature_partner(abl, "tr-gnb-paper-median-radius") == "tr-none-paper-median-radius"
-    assert (ob.curvature_partner(abl, "tr-gnb-rebuttal-opacity-eps0.1-median-radius")
+    assert agg.curvature_partner(abl, "tr-hutchinson-rebuttal-opacity-eps0.1") == "tr-none-rebuttal-opacity-eps0.1"
+    assert agg.curvature_partner(abl, "tr-gnb-paper-median-radius") == "tr-none-paper-median-radius"
+    assert (agg.curvature_partner(abl, "tr-gnb-rebuttal-opacity-eps0.1-median-radius")
             == "tr-none-rebuttal-opacity-eps0.1-median-radius")
-    assert (ob.curvature_partner(abl, "tr-gnb-paper-printed-bounds-q0.25-radius")
+    assert (agg.curvature_partner(abl, "tr-gnb-paper-printed-bounds-q0.25-radius")
             == "tr-none-paper-printed-bounds-q0.25-radius")
     assert abl.run_config("colmap_bird", "tr-gnb-paper-printed-bounds-q0.25-radius", 0,
-                          tmp_path / "o").step_norm_quantile == 0.25
+                          tmp_path / "o").optim.step_norm_quantile == 0.25
     # a variant may not change the initialisation or the evaluation
     for key, value in (("n_random_init", 10), ("downscale", 2), ("seed", 3), ("max_test_views", 5)):
         bad = spec_dict(str(tmp_path))
         bad["variants"]["adam"]["overrides"][key] = value
         with pytest.raises(TrsplatError, match=key):
-            ob.StudySpec.from_dict(bad)
+            sp.StudySpec.from_dict(bad)
     with pytest.raises(TrsplatError, match="reference"):
-        ob.StudySpec.from_dict(spec_dict(str(tmp_path), reference="sgd"))
+        sp.StudySpec.from_dict(spec_dict(str(tmp_path), reference="sgd"))
     # same (scene, seed): identical init options in every variant's TrainConfig
-    cfgs = [spec.run_config("s1", v, 1, tmp_path / "o").to_dict() for v in spec.variants]
-    for key in ("data", "seed") + ob.INIT_KEYS + ob.EVAL_KEYS + ("iters", "eval_at"):
+    cfgs = [spec.run_config("s1", v, 1, tmp_path / "o").flat() for v in spec.variants]
+    for key in ("data", "seed") + sp.INIT_KEYS + sp.EVAL_KEYS + ("iters", "eval_at"):
         assert len({json.dumps(c[key]) for c in cfgs}) == 1, key
 
 
 def test_identical_initialisation_per_scene_and_seed(tmp_path) -> None:
     from trsplat.synthetic import make_synthetic_scene
-    from trsplat.train import prepare
+    from trsplat.training import prepare
 
     scene = make_synthetic_scene(tmp_path / "scene", size=16, n_train=3, n_test=1)
-    spec = ob.StudySpec.from_dict(spec_dict(str(scene)))
+    spec = sp.StudySpec.from_dict(spec_dict(str(scene)))
     inits = [prepare(spec.run_config("s1", v, 1, tmp_path / "o"))[1] for v in ("adam", "tr-hutchinson-paper")]
     other_seed = prepare(spec.run_config("s1", "adam", 0, tmp_path / "o"))[1]
     for name, tensor in inits[0].params().items():
@@ -151,29 +158,45 @@ def test_init_consistency_flags_other_options_not_other_copies_of_a_generated_sc
     ``scenes/`` folder is consistent; another init option or another dataset is not."""
     d = spec_dict(str(tmp_path / "data"))
     d["scenes"]["s1"] = {"path": "scenes/s1", "generate": {"size": 16}, "options": {"n_random_init": 50}}
-    spec = ob.StudySpec.from_dict(d)
+    spec = sp.StudySpec.from_dict(d)
 
     def runs(edit: dict[str, dict]) -> dict:
         out = {}
         for scene in spec.scenes:
             out[scene] = {}
             for v in spec.variants:
-                cfg = spec.run_config(scene, v, 0, tmp_path / "o").to_dict()
+                cfg = spec.run_config(scene, v, 0, tmp_path / "o").flat()
                 cfg.update(edit.get(f"{scene}/{v}", {}))
-                out[scene][v] = {0: ob.RunData("finished", {}, config=cfg), 1: ob.RunData("missing", {})}
+                out[scene][v] = {0: agg.RunData("finished", {}, config=cfg), 1: agg.RunData("missing", {})}
         return out
 
-    assert ob.init_consistency(spec, runs({})) == []
+    assert agg.init_consistency(spec, runs({})) == []
     copied = {"data": "/elsewhere/other-study/scenes/s1"}
-    assert ob.init_consistency(spec, runs({"s1/adam": copied})) == []
-    problems = ob.init_consistency(spec, runs({"s1/adam": {"n_random_init": 60}, "s2/adam": copied}))
+    assert agg.init_consistency(spec, runs({"s1/adam": copied})) == []
+    problems = agg.init_consistency(spec, runs({"s1/adam": {"n_random_init": 60}, "s2/adam": copied}))
     assert len(problems) == 2 and problems[0].startswith("s1 seed 0") and problems[1].startswith("s2 seed 0")
+
+
+def test_fixed_keys_are_config_options() -> None:
+    assert set(sp.FIXED_KEYS) <= set(leaf_owners())
+
+
+def test_preset_data_root_from_option_or_environment(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    with pytest.raises(TrsplatError, match=f"set {DATA_ENV} or pass --data-root"):
+        sp.load_spec(preset="paper-study")
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "env"))
+    assert sp.load_spec(preset="paper-study").scenes["colmap_bird"].path == str(tmp_path / "env" / "colmap_bird")
+    spec = sp.load_spec(preset="paper-study", data_root=tmp_path / "opt")
+    assert spec.scenes["nerf_synthetic_chair"].path == str(tmp_path / "opt" / "nerf_synthetic_chair")
+    with pytest.raises(TrsplatError, match=f"does not exist .*{DATA_ENV}"):
+        runner.ensure_scenes(spec.select(scenes=["colmap_bird"]), tmp_path / "study", log=lambda *_: None)
 
 
 # -- derived figures -------------------------------------------------------------------------------
 def test_derived_figures_from_known_numbers(study) -> None:
     spec, out = study
-    res = ob.aggregate(spec, out, plots=False, log=lambda *_: None)
+    res = aggregate(spec, out, plots=False, log=lambda *_: None)
     s1 = res["scenes"]["s1"]
     # curves: mean ± std over seeds
     adam = s1["variants"]["adam"]
@@ -240,7 +263,7 @@ def test_time_ratio_only_divides_seconds_from_one_machine(study) -> None:
         for seed in spec.seeds:
             machine = "CPU B" if (variant, seed) == ("tr-hutchinson-paper", 1) else "CPU A"
             write_fake_run(out, spec, "s1", variant, seed, machine=machine)
-    res = ob.aggregate(spec, out, plots=False, log=lambda *_: None)
+    res = aggregate(spec, out, plots=False, log=lambda *_: None)
     tr = res["scenes"]["s1"]["time_ratio"]
     assert tr["adam-tr-paper"]["value"] == pytest.approx(33 / 42) and tr["adam-tr-paper"]["machines"] == ["CPU A"]
     assert tr["tr-hutchinson-paper"]["value"] is None
@@ -253,14 +276,14 @@ def test_time_ratio_only_divides_seconds_from_one_machine(study) -> None:
     assert any(v["text"].startswith("s1: tr-hutchinson-paper reaches") and "come from CPU A, CPU B" in v["text"]
                for v in res["verdicts"])
     write_fake_run(out, spec, "s1", "adam", 0)  # a run without the label next to labelled ones: unknown
-    res = ob.aggregate(spec, out, plots=False, log=lambda *_: None)
+    res = aggregate(spec, out, plots=False, log=lambda *_: None)
     assert res["scenes"]["s1"]["time_ratio"]["adam-tr-paper"]["value"] is None
-    assert res["scenes"]["s1"]["time_ratio"]["adam-tr-paper"]["machines"] == ["CPU A", ob.UNKNOWN_MACHINE]
+    assert res["scenes"]["s1"]["time_ratio"]["adam-tr-paper"]["machines"] == ["CPU A", agg.UNKNOWN_MACHINE]
 
 
 def test_markdown_table_layout(study) -> None:
     spec, out = study
-    ob.aggregate(spec, out, command="trsplat bench optimizers --out X", plots=False, log=lambda *_: None)
+    aggregate(spec, out, command="trsplat bench optimizers --out X", plots=False, log=lambda *_: None)
     md = (out / "results.md").read_text()
     assert "| Scene | Method | SSIM ↑ | PSNR ↑ | LPIPS ↓ | Time (s) | Mem (RSS, MiB) |" in md
     # Table-1 row: SSIM / PSNR / LPIPS at 50 / 100 as mean ± std, total seconds, peak memory
@@ -279,11 +302,9 @@ def test_markdown_table_layout(study) -> None:
 
 def test_partial_and_missing_runs_are_reported(study) -> None:
     spec, out = study
-    import shutil
-
     write_fake_run(out, spec, "s1", "tr-hutchinson-paper", 1, upto=50, finished=False)   # interrupted
-    shutil.rmtree(ob.run_dir(out, "s1", "adam-tr-paper", 1))                            # never started
-    res = ob.aggregate(spec, out, plots=False, log=lambda *_: None)
+    shutil.rmtree(sp.run_dir(out, "s1", "adam-tr-paper", 1))                            # never started
+    res = aggregate(spec, out, plots=False, log=lambda *_: None)
     s1 = res["scenes"]["s1"]
     assert res["run_states"] == {"finished": 14, "partial": 1, "missing": 1, "failed": 0}
     trh = s1["variants"]["tr-hutchinson-paper"]
@@ -302,8 +323,8 @@ def test_partial_and_missing_runs_are_reported(study) -> None:
     assert "`runs/s1/adam-tr-paper/seed1`: missing" in md
     # nothing finished for one variant: its figures are null, not invented
     for seed in (0, 1):
-        shutil.rmtree(ob.run_dir(out, "s2", "tr-none-paper", seed))
-    res = ob.aggregate(spec, out, plots=False, log=lambda *_: None)
+        shutil.rmtree(sp.run_dir(out, "s2", "tr-none-paper", seed))
+    res = aggregate(spec, out, plots=False, log=lambda *_: None)
     assert res["scenes"]["s2"]["quality_gap"]["tr-none-paper"] is None
     assert res["scenes"]["s2"]["iteration_ratio"]["tr-none-paper"] is None
     assert res["scenes"]["s2"]["curvature_gain"]["tr-hutchinson-paper"] is None
@@ -311,7 +332,7 @@ def test_partial_and_missing_runs_are_reported(study) -> None:
 
 def test_plots_are_written(study) -> None:
     spec, out = study
-    res = ob.aggregate(spec, out, plots=True, log=lambda *_: None)
+    res = aggregate(spec, out, plots=True, log=lambda *_: None)
     expected = {"plots/psnr_s1.png", "plots/psnr_s2.png", "plots/psnr_average.png", "plots/psnr_overview.png",
                 "plots/peak_memory.png"}
     assert set(res["plots"]) == expected
@@ -321,15 +342,15 @@ def test_plots_are_written(study) -> None:
 
 
 # -- resumability ------------------------------------------------------------------------------
-def _single_scene_spec(tmp_path) -> ob.StudySpec:
+def _single_scene_spec(tmp_path) -> sp.StudySpec:
     d = spec_dict(str(tmp_path), seeds=[0, 1, 2])
     d["scenes"] = {"s1": d["scenes"]["s1"]}
     d["variants"] = {"adam": d["variants"]["adam"]}
-    return ob.StudySpec.from_dict(d)
+    return sp.StudySpec.from_dict(d)
 
 
 def test_finished_skipped_interrupted_resumed_missing_started(tmp_path, monkeypatch) -> None:
-    import trsplat.train as train_mod
+    import trsplat.training as train_mod
 
     spec = _single_scene_spec(tmp_path)
     out = tmp_path / "study"
@@ -351,18 +372,16 @@ def test_finished_skipped_interrupted_resumed_missing_started(tmp_path, monkeypa
 
     monkeypatch.setattr(train_mod, "train", fake_train)
     monkeypatch.setattr(train_mod, "resume", fake_resume)
-    tasks = ob.plan_runs(spec, out)
+    tasks = runner.plan_runs(spec, out)
     assert [(t.seed, t.action) for t in tasks] == [(0, "skip"), (1, "resume"), (2, "start")]
-    outcome = ob.execute(tasks, out, isolate=False, log=lambda *_: None)
+    outcome = runner.execute(tasks, out, isolate=False, log=lambda *_: None)
     assert calls == [("resume", "seed1"), ("train", "seed2")]
     assert outcome == {"s1/adam/seed1": "ok", "s1/adam/seed2": "ok"}
-    assert [t.action for t in ob.plan_runs(spec, out)] == ["skip"] * 3
+    assert [t.action for t in runner.plan_runs(spec, out)] == ["skip"] * 3
     # a failing run is recorded and the others go on
     calls.clear()
-    import shutil
-
-    shutil.rmtree(ob.run_dir(out, "s1", "adam", 1))
-    shutil.rmtree(ob.run_dir(out, "s1", "adam", 2))
+    shutil.rmtree(sp.run_dir(out, "s1", "adam", 1))
+    shutil.rmtree(sp.run_dir(out, "s1", "adam", 2))
 
     def failing_train(cfg):
         calls.append(("train", Path(cfg.out).name))
@@ -371,22 +390,26 @@ def test_finished_skipped_interrupted_resumed_missing_started(tmp_path, monkeypa
         return fake_train(cfg)
 
     monkeypatch.setattr(train_mod, "train", failing_train)
-    outcome = ob.execute(ob.plan_runs(spec, out), out, isolate=False, log=lambda *_: None)
+    outcome = runner.execute(runner.plan_runs(spec, out), out, isolate=False, log=lambda *_: None)
     assert outcome["s1/adam/seed1"].startswith("iteration 3") and outcome["s1/adam/seed2"] == "ok"
     assert "s1/adam/seed1" in json.loads((out / "failures.json").read_text())
-    res = ob.aggregate(spec, out, plots=False, log=lambda *_: None)
+    res = aggregate(spec, out, plots=False, log=lambda *_: None)
     assert [r["state"] for r in res["runs"]] == ["finished", "failed", "finished"]
     # a run folder trained with another configuration is refused, never mixed in
-    cfg = json.loads((ob.run_dir(out, "s1", "adam", 0) / "config.json").read_text())
-    cfg["lr_opacity"] = 0.5
-    (ob.run_dir(out, "s1", "adam", 0) / "config.json").write_text(json.dumps(cfg))
+    cfg = json.loads((sp.run_dir(out, "s1", "adam", 0) / "config.json").read_text())
+    cfg["optim"]["lr_opacity"] = 0.5
+    (sp.run_dir(out, "s1", "adam", 0) / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(TrsplatError, match="lr_opacity"):
-        ob.plan_runs(spec, out)
+        runner.plan_runs(spec, out)
+    # the flat config.json of earlier versions, with the same options, is the same run
+    flat = spec.run_config("s1", "adam", 0, out).flat()
+    (sp.run_dir(out, "s1", "adam", 0) / "config.json").write_text(json.dumps(flat))
+    assert runner.plan_runs(spec, out)[0].action == "skip"
 
 
 def _args(out: Path, **kw) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    ob.add_arguments(parser)
+    study_cli.add_arguments(parser)
     argv = ["--out", str(out)]
     for key, value in kw.items():
         flag = "--" + key.replace("_", "-")
@@ -398,22 +421,23 @@ def test_cli_only_aggregate_and_errors(study, tmp_path, capsys) -> None:
     spec, out = study
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(spec.to_dict()))
-    assert ob.main(_args(out, spec=spec_file, only_aggregate=True, no_plots=True)) == 0
+    assert study_cli.main(_args(out, spec=spec_file, only_aggregate=True, no_plots=True)) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["run_states"]["finished"] == 16
     assert "--only-aggregate" in res["command"]
     with pytest.raises(TrsplatError, match="unknown variant"):
-        ob.main(_args(out, spec=spec_file, variants="adam,nope"))
+        study_cli.main(_args(out, spec=spec_file, variants="adam,nope"))
     with pytest.raises(TrsplatError, match="either --preset or --spec"):
-        ob.main(_args(out, spec=spec_file, preset="quick"))
+        study_cli.main(_args(out, spec=spec_file, preset="quick"))
     with pytest.raises(TrsplatError, match="--seeds"):
-        ob.main(_args(out, spec=spec_file, seeds="a"))
+        study_cli.main(_args(out, spec=spec_file, seeds="a"))
     # --seeds runs part of the study: the study and its report keep every seed
-    assert ob.main(_args(out, spec=spec_file, seeds="1", no_plots=True)) == 0
+    assert study_cli.main(_args(out, spec=spec_file, seeds="1", no_plots=True)) == 0
     assert json.loads((out / "study.json").read_text())["seeds"] == [0, 1]
     assert json.loads((out / "results.json").read_text())["run_states"]["finished"] == 16
     capsys.readouterr()
-    assert ob.main(_args(tmp_path / "x", preset="paper-study", iters=3000, seeds="0,5", show_spec=True)) == 0
+    assert study_cli.main(_args(tmp_path / "x", preset="paper-study", iters=3000, seeds="0,5", show_spec=True,
+                                data_root=tmp_path)) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["iters"] == 3000 and shown["seeds"] == [0, 1, 2, 5] and len(shown["variants"]) == 9
 
@@ -433,7 +457,7 @@ def test_end_to_end_micro_study(tmp_path) -> None:
     spec_file.write_text(json.dumps(spec))
     out = tmp_path / "study"
     # each run in its own process, two at a time with one thread each
-    assert ob.main(_args(out, spec=spec_file, no_plots=True, jobs=2)) == 0
+    assert study_cli.main(_args(out, spec=spec_file, no_plots=True, jobs=2)) == 0
     assert json.loads((out / "invocations.json").read_text())[0]["jobs"] == 2
     assert (out / "scenes" / "tiny" / "ground_truth.ply").is_file()
     res = json.loads((out / "results.json").read_text())
@@ -444,20 +468,46 @@ def test_end_to_end_micro_study(tmp_path) -> None:
     assert s["memory_ratio"]["tr-hutchinson-paper"]["rss"] > 0
     assert s["variants"]["tr-hutchinson-paper"]["on_bound_fraction"]
     for variant in ("adam", "tr-hutchinson-paper"):
-        run = ob.run_dir(out, "synthetic", variant, 0)
+        run = sp.run_dir(out, "synthetic", variant, 0)
         assert (run / "point_cloud.ply").is_file() and (run / "config.json").is_file()
     # everything finished: a second invocation trains nothing and re-aggregates
-    assert [t.action for t in ob.plan_runs(ob.StudySpec.from_dict(json.loads((out / "study.json").read_text())),
+    assert [t.action for t in runner.plan_runs(sp.StudySpec.from_dict(json.loads((out / "study.json").read_text())),
                                            out)] == ["skip", "skip"]
-    assert ob.main(_args(out, only_aggregate=True)) == 0
+    assert study_cli.main(_args(out, only_aggregate=True)) == 0
     assert (out / "plots" / "psnr_synthetic.png").is_file()
     # reduced to what git keeps of a study (config.json + metrics.json per run), it is still finished
     for variant in ("adam", "tr-hutchinson-paper"):
-        run = ob.run_dir(out, "synthetic", variant, 0)
+        run = sp.run_dir(out, "synthetic", variant, 0)
         assert json.loads((run / "metrics.json").read_text())["finished"] is True
         for heavy in ("point_cloud.ply", "checkpoint.pt"):
             (run / heavy).unlink()
-    assert [t.action for t in ob.plan_runs(ob.StudySpec.from_dict(json.loads((out / "study.json").read_text())),
+    assert [t.action for t in runner.plan_runs(sp.StudySpec.from_dict(json.loads((out / "study.json").read_text())),
                                            out)] == ["skip", "skip"]
-    assert ob.main(_args(out, only_aggregate=True)) == 0
+    assert study_cli.main(_args(out, only_aggregate=True)) == 0
     assert json.loads((out / "results.json").read_text())["run_states"]["finished"] == 2
+
+
+# -- the committed studies ------------------------------------------------------------------------
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+COMMITTED = sorted(p.parent for p in RESULTS.glob("*/study.json") if (p.parent / "runs").is_dir())
+VOLATILE = ("generated", "command", "aggregated_on", "plots")  # when, how and where it was aggregated
+
+
+def test_every_committed_run_config_loads() -> None:
+    """The flat ``config.json`` of earlier versions still loads, with every option it names kept."""
+    paths = sorted(RESULTS.glob("**/runs/**/config.json"))
+    assert paths
+    for path in paths:
+        stored = json.loads(path.read_text())
+        flat = TrainConfig.from_dict(stored).flat()
+        assert {k: flat[k] for k in stored} == stored, path
+
+
+@pytest.mark.parametrize("study", COMMITTED, ids=[p.name for p in COMMITTED])
+def test_reaggregating_a_committed_study_reproduces_its_results(study: Path, tmp_path) -> None:
+    out = tmp_path / study.name
+    shutil.copytree(study, out, ignore=shutil.ignore_patterns("plots", "results.*"))
+    assert study_cli.main(_args(out, only_aggregate=True, no_plots=True)) == 0
+    committed, again = (json.loads((p / "results.json").read_text()) for p in (study, out))
+    assert {k: v for k, v in again.items() if k not in VOLATILE} == \
+        {k: v for k, v in committed.items() if k not in VOLATILE}

@@ -201,10 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     iteration.add_arguments(p)
     p.set_defaults(func=iteration.main)
     p = bench.add_parser("optimizers", help="optimizer study: variants x scenes x seeds, tables and plots")
-    from trsplat.bench import optimizers
+    from trsplat.bench.study import cli as study_cli
 
-    optimizers.add_arguments(p)
-    p.set_defaults(func=optimizers.main)
+    study_cli.add_arguments(p)
+    p.set_defaults(func=study_cli.main)
     p = bench.add_parser("curvature", help="a tr run's curvature against a many-view Gauss-Newton "
                          "diagonal, and how many Newton steps the trust region clips")
     from trsplat.bench import curvature

@@ -67,36 +67,26 @@ def machine_info(*, threads: bool = True) -> dict[str, Any]:
     also what CPU timings depend on: torch's and numba's thread counts, numba's threading layer
     (loads the CPU kernels, so ``threads=False`` where that is not wanted) and numba's and numpy's
     versions."""
-    info: dict[str, Any] = {"host": platform.node(), "cpu_model": cpu_model(), "cores": usable_cores(),
-                            "memory_bytes": memory_bytes(),
-                            "platform": platform.platform(), "python": platform.python_version()}
-    try:
-        import torch
+    import torch
 
-        info["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except Exception:
-        pass
+    info: dict[str, Any] = {"host": platform.node(), "cpu_model": cpu_model(), "cores": usable_cores(),
+                            "memory_bytes": memory_bytes(), "platform": platform.platform(),
+                            "python": platform.python_version(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
     if threads:
         import numba
         import numpy
-        import torch
 
+        try:
+            from trsplat.render import cpu_kernels  # noqa: F401 (compiles/loads the kernels)
+
+            layer = numba.threading_layer()
+        except Exception:  # the threading layer is only known after a parallel kernel ran
+            layer = None
         info.update(torch_threads=torch.get_num_threads(), numba=numba.__version__,
-                    numba_threads=numba.get_num_threads(), numba_threading_layer=_threading_layer(),
-                    numpy=numpy.__version__)
+                    numba_threads=numba.get_num_threads(), numba_threading_layer=layer, numpy=numpy.__version__)
     return info
-
-
-def _threading_layer() -> str | None:
-    try:
-        from trsplat.render import cpu_kernels  # noqa: F401 (compiles/loads the kernels)
-        import numba
-
-        return numba.threading_layer()
-    except Exception:  # threading layer only known after a parallel kernel ran
-        return None
 
 
 def machine_text(m: dict[str, Any]) -> str:
