@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from trsplat.bench.datasets import DATA_ENV
 from trsplat.bench.iteration import INNER_PARTS, TOP_PARTS, format_table, profile_training
+from trsplat.cli import main as cli_main
 from trsplat.synthetic import make_synthetic_scene
 
 
@@ -31,3 +33,11 @@ def test_profile_of_training_steps(tiny_scene):
     table = format_table(rows)
     assert "time / adam" in table and all(("↳ " + k.removesuffix("_s").replace("_", " ")) in table
                                           for k in INNER_PARTS)
+
+
+def test_missing_capture_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    assert cli_main(["bench", "iteration", "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert DATA_ENV in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.json").exists()

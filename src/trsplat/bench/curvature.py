@@ -29,7 +29,6 @@ Command: ``trsplat bench curvature RUN_DIR [--at ITER] [--views 32] [--probes 4]
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +36,12 @@ import torch
 from tqdm import tqdm
 
 from trsplat.bench.machine import command_line
-from trsplat.config import TrainConfig
 from trsplat.errors import TrsplatError
 from trsplat.io_utils import atomic_write, write_json
-from trsplat.optim.curvature import gauss_newton_bartlett, hutchinson, make_residual_fn
+from trsplat.optim.curvature import gauss_newton_bartlett, hutchinson
 from trsplat.optim.hellinger import TrustRegionConfig, clip_step
 from trsplat.optim.tr import guarded_newton_step
-from trsplat.train import CHECKPOINT, CONFIG, Trainer, active_sh_degree, prepare
+from trsplat.training import RunDir, Trainer, active_sh_degree, make_residual_fn, prepare
 
 Params = dict[str, torch.Tensor]
 
@@ -75,21 +73,19 @@ def compare(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 
 def load_state(run: Path, at: int | None) -> Trainer:
     """The run's trainer at its checkpoint, or replayed from its config up to iteration ``at``."""
-    try:
-        cfg = TrainConfig.from_dict(json.loads((run / CONFIG).read_text()))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TrsplatError(f"{run / CONFIG}: cannot read the run's configuration ({exc})") from None
-    if cfg.optimizer != "tr":
-        raise TrsplatError(f"{run}: optimizer {cfg.optimizer!r}; the curvature diagnosis needs a 'tr' run")
+    run_dir = RunDir(run)
+    cfg = run_dir.read_config()
+    if cfg.optim.optimizer != "tr":
+        raise TrsplatError(f"{run}: optimizer {cfg.optim.optimizer!r}; the curvature diagnosis needs a 'tr' run")
     cfg.out = str(run)
     torch.manual_seed(cfg.seed)
     scene, gaussians = prepare(cfg)
     trainer = Trainer(cfg, scene, gaussians)
     if at is None:
-        if not (run / CHECKPOINT).is_file():
-            raise TrsplatError(f"{run}: no {CHECKPOINT} (checkpoints stay on the machine that trained "
+        if not run_dir.has_checkpoint():
+            raise TrsplatError(f"{run}: no {RunDir.CHECKPOINT} (checkpoints stay on the machine that trained "
                                "the run); use --at ITER to replay the run instead")
-        trainer.load_checkpoint(run / CHECKPOINT)
+        trainer.load_checkpoint(run_dir.load_checkpoint())
         return trainer
     if not 0 < at <= cfg.iters:
         raise TrsplatError(f"--at {at}: choose an iteration in 1..{cfg.iters}")
@@ -104,8 +100,8 @@ def diagnose(trainer: Trainer, *, views: int = 32, probes: int = 4) -> dict[str,
     cfg, opt, it = trainer.cfg, trainer.optimizer, trainer.state.iteration
     params = {k: v.detach() for k, v in opt.params.items()}
     residual_fn = make_residual_fn(sh_degree=active_sh_degree(it, cfg), background=trainer.background,
-                                   backend=trainer.backend, form=cfg.residual_form,
-                                   lambda_dssim=cfg.lambda_dssim, delta=cfg.residual_delta)
+                                   backend=trainer.backend, form=cfg.optim.residual_form,
+                                   lambda_dssim=cfg.lambda_dssim, delta=cfg.optim.residual_delta)
     n = len(trainer.scene.train)
     frames = [trainer.scene.train[i * n // views] for i in range(min(views, n))]
     gen = torch.Generator().manual_seed(0)
@@ -127,7 +123,7 @@ def diagnose(trainer: Trainer, *, views: int = 32, probes: int = 4) -> dict[str,
             "hutchinson_nonpositive": float((d_hut[name] <= 0).float().mean()),
             "on_bound": {label: bounds[label][name][0] for label in choices},
             "overshoot_reference": bounds["reference"][name][1]}
-    return {"iteration": it, "eps": eps, "curvature": cfg.curvature,
+    return {"iteration": it, "eps": eps, "curvature": cfg.optim.curvature,
             "curvature_updates": opt.n_curvature_updates, "bias_factor": bias, "views": len(frames),
             "probes": probes, "tensors": tensors}
 

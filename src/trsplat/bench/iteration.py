@@ -1,6 +1,6 @@
 """``trsplat bench iteration``: seconds per training iteration, where they go, and peak memory.
 
-For each optimizer it builds an ordinary :class:`trsplat.train.Trainer` on a real capture (the
+For each optimizer it builds an ordinary :class:`trsplat.training.Trainer` on a real capture (the
 same data loading, initialisation, loss and optimizer as ``trsplat train``), runs ``warmup``
 training steps and then ``iters`` timed steps under cProfile, in a fresh Python process so that
 ``peak_rss_bytes`` (VmHWM) belongs to that optimizer alone. Steps start at ``start_iteration``
@@ -29,10 +29,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-from trsplat.bench.machine import command_line
-from trsplat.bench.render_bench import DEFAULT_DATA, _rss, machine_info
+from trsplat.bench.datasets import DATA_ENV, default_capture
+from trsplat.bench.machine import command_line, machine_info
+from trsplat.bench.render_bench import _rss
 from trsplat.errors import TrsplatError
 from trsplat.process_tuning import tune_process
 from trsplat.io_utils import write_json
@@ -64,12 +66,12 @@ def profile_training(data: str, optimizer: str, *, downscale: int = 4, n_random_
     import torch
 
     from trsplat.config import TrainConfig
-    from trsplat.train import Trainer, prepare
+    from trsplat.training import Trainer, prepare
 
     with tempfile.TemporaryDirectory() as out:
-        cfg = TrainConfig(data=data, out=out, optimizer=optimizer, downscale=downscale,
-                          n_random_init=n_random_init, backend=backend, seed=seed,
-                          iters=start_iteration + warmup + iters, eval_at=[])
+        cfg = TrainConfig.make(data=data, out=out, optimizer=optimizer, downscale=downscale,
+                               n_random_init=n_random_init, backend=backend, seed=seed,
+                               iters=start_iteration + warmup + iters, eval_at=[])
         cfg.validate()
         torch.manual_seed(seed)
         scene, gaussians = prepare(cfg)
@@ -104,7 +106,7 @@ def profile_training(data: str, optimizer: str, *, downscale: int = 4, n_random_
                            "n_gaussians": len(gaussians), "width": scene.train[0].camera.width,
                            "height": scene.train[0].camera.height, "iters": iters,
                            "start_iteration": start_iteration, "s_per_it": wall}
-    step_fn = ("trsplat/train", "train_step")
+    step_fn = ("trsplat/training/trainer", "train_step")
     out.update({key: cum(*where, caller=step_fn) for key, where in TOP_PARTS.items()})
     out.update({key: cum(*where) for key, where in INNER_PARTS.items()})
     out["other_s"] = wall - sum(out[k] for k in TOP_PARTS)
@@ -142,7 +144,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="capture folder (default: the chair)")
+    parser.add_argument("--data", default=None, help=f"capture folder (default: ${DATA_ENV}/{default_capture().name})")
     parser.add_argument("--downscale", type=int, default=4)
     parser.add_argument("--n-random-init", type=int, default=100_000,
                         help="Gaussians of the random initialisation (captures without SfM points)")
@@ -155,9 +157,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    data = args.data or str(default_capture())
+    if not Path(data).is_dir():
+        raise TrsplatError(f"{data}: no such capture folder (pass --data, or set {DATA_ENV} to the datasets folder)")
     rows = []
     for opt in [o.strip() for o in args.optimizers.split(",") if o.strip()]:
-        task = {"data": args.data, "optimizer": opt, "downscale": args.downscale,
+        task = {"data": data, "optimizer": opt, "downscale": args.downscale,
                 "n_random_init": args.n_random_init, "iters": args.iters, "warmup": args.warmup,
                 "start_iteration": args.start_iteration, "backend": args.backend}
         print(f"profiling {opt} ...", flush=True)
