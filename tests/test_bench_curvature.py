@@ -13,7 +13,7 @@ from trsplat.bench import curvature as bc
 from trsplat.cli import main as cli_main
 from trsplat.config import TrainConfig
 from trsplat.synthetic import make_synthetic_scene
-from trsplat.train import train
+from trsplat.training import train
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,8 @@ def tr_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("curv")
     scene = make_synthetic_scene(root / "scene", size=32, n_train=6, n_test=2)
     out = root / "run"
-    train(TrainConfig(data=str(scene), out=str(out), optimizer="tr", iters=12, eval_at=[12], n_random_init=300,
-                      lpips=False, backend="reference", sh_interval=4, n_saved_renders=0))
+    train(TrainConfig.make(data=str(scene), out=str(out), optimizer="tr", iters=12, eval_at=[12], n_random_init=300,
+                           lpips=False, backend="reference", sh_interval=4, n_saved_renders=0))
     return out
 
 

@@ -98,7 +98,9 @@ def load_state(run: Path, at: int | None) -> Trainer:
 def diagnose(trainer: Trainer, *, views: int = 32, probes: int = 4) -> dict[str, Any]:
     """The numbers of the module docstring for ``trainer``'s current state."""
     cfg, opt, it = trainer.cfg, trainer.optimizer, trainer.state.iteration
-    params = {k: v.detach() for k, v in opt.params.items()}
+    group = opt.param_groups[0]  # tr's hyperparameters and ε are the same in every group
+    params = {g["name"]: g["params"][0].detach() for g in opt.param_groups}
+    state = {g["name"]: opt.state[g["params"][0]] for g in opt.param_groups}
     residual_fn = make_residual_fn(sh_degree=active_sh_degree(it, cfg), background=trainer.background,
                                    backend=trainer.backend, form=cfg.optim.residual_form,
                                    lambda_dssim=cfg.lambda_dssim, delta=cfg.optim.residual_delta)
@@ -107,12 +109,14 @@ def diagnose(trainer: Trainer, *, views: int = 32, probes: int = 4) -> dict[str,
     gen = torch.Generator().manual_seed(0)
     d_ref = gauss_newton_bartlett(params, frames, residual_fn, gen, n_probes=probes)
     d_hut = hutchinson(params, frames, residual_fn, gen)
-    bias = 1 - opt.theta2 ** max(opt.n_curvature_updates, 1)
-    eps = opt.eps_at(it)
-    d_ema = opt.curv_ema
+    updates = state[group["name"]]["curvature_updates"]
+    bias = 1 - group["theta2"] ** max(updates, 1)
+    eps = group["tr_eps"]
+    d_ema = {k: s["curv_ema"] for k, s in state.items()}
+    g_ema = {k: s["grad_ema"] for k, s in state.items()}
     choices = {"run": d_ema, "bias_corrected": {k: v / bias for k, v in d_ema.items()},
                "reference": d_ref, "none": {k: torch.zeros_like(v) for k, v in d_ema.items()}}
-    bounds = {label: on_bound(params, opt.grad_ema, d, eps, opt.tr, opt.guard, opt.guard_floor)
+    bounds = {label: on_bound(params, g_ema, d, eps, opt.trust_region.config, group["guard"], group["guard_floor"])
               for label, d in choices.items()}
     tensors = {}
     for name in params:
@@ -124,7 +128,7 @@ def diagnose(trainer: Trainer, *, views: int = 32, probes: int = 4) -> dict[str,
             "on_bound": {label: bounds[label][name][0] for label in choices},
             "overshoot_reference": bounds["reference"][name][1]}
     return {"iteration": it, "eps": eps, "curvature": cfg.optim.curvature,
-            "curvature_updates": opt.n_curvature_updates, "bias_factor": bias, "views": len(frames),
+            "curvature_updates": updates, "bias_factor": bias, "views": len(frames),
             "probes": probes, "tensors": tensors}
 
 
