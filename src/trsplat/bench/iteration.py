@@ -44,7 +44,7 @@ TOP_PARTS = {
     "render_s": ("trsplat/render/__init__", "render"),
     "loss_s": ("trsplat/loss", "training_loss"),
     "backward_s": ("torch/_tensor", "backward"),
-    "optimizer_step_s": ("trsplat/optim/", "step"),
+    "optimizer_step_s": ("torch/optim/optimizer", "wrapper"),  # every torch optimizer's step goes through it
 }
 # nested parts: cumulative over the whole iteration
 INNER_PARTS = {
