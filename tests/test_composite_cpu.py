@@ -31,7 +31,7 @@ from trsplat.camera import Camera, look_at
 from trsplat.gaussians import PARAM_NAMES, Gaussians
 from trsplat.render import render
 from trsplat.render import cpu_kernels as K
-from trsplat.render.composite_cpu import _boxes, _pack, _run_forward, composite_cpu
+from trsplat.render.composite_cpu import _boxes, _pack, composite_cpu
 from trsplat.render.composite_reference import composite_reference
 from trsplat.render.project import tile_rect
 from trsplat.render.tiles import _bin_splats_torch, bin_splats

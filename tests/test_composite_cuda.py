@@ -669,13 +669,15 @@ def _kernel_grads(warp_reduce: bool, spec):
     """Per-splat VJP buffer of the raw kernel with the chosen gradient reduction."""
     from trsplat.render import composite_cuda as CC
     from trsplat.render import cuda_kernels as K
+    from trsplat.render.composite_autograd import Launch
     from trsplat.render.tiles import bin_splats
 
     seed, v, w, h, n_ch, kwargs = spec
     m, con, f, o, radii, depths, bg = (t.to(CUDA) for t in random_splats(seed, v, w, h, n_ch, **kwargs))
     bins = bin_splats(m, radii, depths, w, h)
-    img, t_final, n_used = CC._run_forward(m, con, o, f, bins.splat_ids, bins.tile_offsets,
-                                           bins.grid_x, bins.grid_y, w, h, bg)
+    launch = Launch(CC.KERNELS, bins.grid_x, bins.grid_y, w, h)
+    img, t_final, n_used = CC.KERNELS.run_forward(m, con, f, o, bg, bins.splat_ids,
+                                                  bins.tile_offsets, launch)
     gen = torch.Generator().manual_seed(9)
     gi = torch.randn(img.shape, generator=gen).to(CUDA)
     ga = torch.randn(t_final.shape, generator=gen).to(CUDA)

@@ -52,8 +52,8 @@ INNER_PARTS = {
     "trust_region_s": ("trsplat/optim/hellinger", "clip_step"),
     "project_forward_s": ("render/cpu_project", "forward"),
     "binning_s": ("render/tiles", "bin_splats"),
-    "composite_forward_s": ("render/composite_cpu", "composite_cpu"),
-    "composite_backward_s": ("render/composite_cpu", "backward"),
+    "composite_forward_s": ("render/composite_autograd", "composite_native"),
+    "composite_backward_s": ("render/composite_autograd", "backward"),
     "project_backward_s": ("render/cpu_project", "backward"),
 }
 PARTS = {**TOP_PARTS, **INNER_PARTS}

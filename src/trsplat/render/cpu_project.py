@@ -22,10 +22,10 @@ import math
 
 import numpy as np
 import torch
-import torch.autograd.forward_ad as fwAD
 from numba import njit, prange
 
 from trsplat.camera import Camera
+from trsplat.render.composite_autograd import primal
 from trsplat.render.project import LOW_PASS, NEAR_PLANE, TILE_SIZE, Projected, project
 from trsplat.render.sh import C0, C1, C2, C3
 
@@ -546,29 +546,22 @@ class _ProjectCPU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_m2d, g_con, g_dep, g_col, g_op, _g_ids, _g_radii):
-        saved = [_plain(t) for t in ctx.saved_tensors]
-        grads_out = [_plain(t) for t in (g_m2d, g_con, g_dep, g_col, g_op)]
+        saved = [primal(t) for t in ctx.saved_tensors]
+        grads_out = [primal(t) for t in (g_m2d, g_con, g_dep, g_col, g_op)]
         d_means, d_ls, d_q, d_sh, d_logits = _ProjectCPUVJP.apply(
             *saved, *grads_out, ctx.camera, ctx.sh_degree)
         return d_means, d_ls, d_q, d_logits, d_sh, None, None
 
     @staticmethod
     def jvp(ctx, t_means, t_ls, t_q, t_logits, t_sh, _t_cam, _t_deg):
-        saved = [_plain(t) for t in ctx.saved_tensors]
-        tangents = [_plain(t) for t in (t_means, t_ls, t_q, t_logits, t_sh)]
+        saved = [primal(t) for t in ctx.saved_tensors]
+        tangents = [primal(t) for t in (t_means, t_ls, t_q, t_logits, t_sh)]
         outs = _ProjectCPUJVP.apply(*saved, *tangents, ctx.camera, ctx.sh_degree)
         return tuple(outs) + (None, None)
 
     @staticmethod
     def vmap(info, in_dims, *args):
         raise NotImplementedError("project_cpu does not support vmap; use project()")
-
-
-def _plain(t):
-    """Drop a forward-AD tangent (the kernels do not need it); functorch wrappers are kept."""
-    if t is None or torch._C._functorch.is_functorch_wrapped_tensor(t):
-        return t
-    return fwAD.unpack_dual(t).primal
 
 
 class _ProjectCPUVJP(torch.autograd.Function):
