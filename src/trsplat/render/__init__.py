@@ -2,8 +2,7 @@
 
 ``render`` works under reverse mode, forward mode (``torch.func.jvp``,
 ``torch.autograd.forward_ad``) and, for tiny scenes with the ``reference`` backend, dense
-Jacobians. Backends choose the compositor and the derivative kernels of the projection; see
-:mod:`trsplat.render.backends`.
+Jacobians. The backend (:mod:`trsplat.render.backends`) chooses the three stages.
 """
 
 from __future__ import annotations
@@ -14,8 +13,7 @@ import torch
 
 from trsplat.camera import Camera
 from trsplat.gaussians import Gaussians
-from trsplat.render.backends import get_compositor, get_projector
-from trsplat.render.tiles import bin_splats
+from trsplat.render.backends import get_backend, resolve_backend
 
 
 @dataclass
@@ -45,16 +43,19 @@ def render(
     background: torch.Tensor | tuple[float, float, float] = (1.0, 1.0, 1.0),
     backend: str = "reference",
 ) -> RenderOutput:
-    """Render ``gaussians`` seen from ``camera`` with the INRIA 3DGS conventions."""
+    """Render ``gaussians`` seen from ``camera`` with the INRIA 3DGS conventions.
+
+    ``backend``: a name of :data:`trsplat.render.backends.BACKENDS` or ``"auto"``.
+    """
     g = gaussians
     device = g.means.device
+    stages = get_backend(resolve_backend(backend))
     bg = torch.as_tensor(background, dtype=g.means.dtype, device=device)
-    proj = get_projector(backend)(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh, camera, sh_degree)
-    bins = bin_splats(proj.means2d, proj.radii, proj.depths, camera.width, camera.height)
+    proj = stages.project(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh, camera, sh_degree)
+    bins = stages.bin(proj.means2d, proj.radii, proj.depths, camera.width, camera.height)
     features = torch.cat([proj.colors, proj.depths[:, None]], dim=1)
     feat_bg = torch.cat([bg, torch.zeros(1, dtype=bg.dtype, device=device)])
-    composite = get_compositor(backend)
-    out, alpha = composite(
+    out, alpha = stages.composite(
         proj.means2d, proj.conics, features, proj.opacities, bins,
         camera.width, camera.height, feat_bg,
     )

@@ -1,6 +1,6 @@
 """Reference front-to-back alpha compositing in pure torch: the correctness oracle.
 
-Implements INRIA's ``renderCUDA`` loop (``3dgs-conventions.md`` §6) without a loop over
+Implements INRIA's ``renderCUDA`` loop (conventions: ``docs/training.md``) without a loop over
 Gaussians: for a batch of tiles it evaluates every (pixel, splat) pair of the tile, applies the
 skip rules (power > 0, α < 1/255) and the early stop (the first splat that would bring the
 transmittance below 1e-4 and every later one are dropped) with an exclusive cumulative product.

@@ -1,7 +1,7 @@
 """Projection of 3D Gaussians to screen-space splats, following the INRIA rasterizer.
 
 Plain torch ops, so reverse mode, forward mode and dense Jacobians all work. Conventions
-(``shared/paper/3dgs-conventions.md`` §4): near culling at z <= 0.2, covariance R S Sᵀ Rᵀ, the
+(INRIA's, summarised in ``docs/training.md``): near culling at z <= 0.2, covariance R S Sᵀ Rᵀ, the
 Jacobian's x/z and y/z clamped to 1.3x the field of view, a 0.3 px² low-pass, radius
 ceil(3 sqrt(λ_max)) with λ's discriminant floored at 0.1, colour = max(SH + 0.5, 0).
 
