@@ -24,14 +24,11 @@ import torch
 
 from trsplat.gaussians import SH_C0
 from trsplat.optim import hellinger
+from trsplat.optim.cpu_clip import cpu_unsupported_reason
 from trsplat.optim.hellinger import (
     KERNEL_SH_C0,
     TrustRegionConfig,
     clip_step,
-    cpu_unsupported_reason,
-    gaussian_moments,
-    hellinger_sq,
-    normalized_hellinger_sq,
     radius_color,
     radius_opacity,
     radius_position,
@@ -40,6 +37,7 @@ from trsplat.optim.hellinger import (
     rotation_beta,
     step_bounds,
 )
+from trsplat.optim.hellinger_distance import gaussian_moments, hellinger_sq, normalized_hellinger_sq
 
 F64 = torch.float64
 NAMES = ("means", "log_scales", "quats", "opacity_logits", "sh_dc", "sh_rest")
@@ -47,20 +45,12 @@ EPS_LIST = (1e-3, 1e-5)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Every test runs with both implementations of clip_step (the torch reference and the numba
-    CPU fast path), except the tests that compare the two (test_cpu_*, test_backend_*), which
-    choose the backend per call."""
-    if not metafunc.function.__name__.startswith(("test_cpu_", "test_backend_")):
-        metafunc.parametrize("backend", ["torch", "cpu"], indirect=True)
-
-
-@pytest.fixture(autouse=True)
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The default backend of clip_step for this test.  Forced (not "auto"), so an input the
-    fast path cannot take fails loudly instead of silently using the reference."""
-    name = getattr(request, "param", "auto")
-    monkeypatch.setattr(hellinger, "clip_backend", name)
-    return name
+    """Every test that takes a ``backend`` runs with both implementations of clip_step (the torch
+    reference and the numba CPU fast path).  Forced (not "auto"), so an input the fast path cannot
+    take fails loudly instead of silently using the reference.  The tests that compare the two
+    (test_cpu_*, test_backend_*) choose the backend per call."""
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", ["torch", "cpu"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -95,7 +85,8 @@ def population(n: int, seed: int, kind: str, dtype: torch.dtype = F64) -> dict[s
     return {k: v.to(dtype) for k, v in params.items()}
 
 
-def worst_factor(params: dict, name: str, eps: float, cfg: TrustRegionConfig, big: float = 1e3) -> float:
+def worst_factor(params: dict, name: str, eps: float, cfg: TrustRegionConfig, big: float = 1e3, *,
+                 backend: str) -> float:
     """max over Gaussians, coordinates and both signs of H²/(det S·ε) after a ±big clipped step."""
     p = params[name]
     n = p.shape[0]
@@ -104,7 +95,7 @@ def worst_factor(params: dict, name: str, eps: float, cfg: TrustRegionConfig, bi
         for sign in (1.0, -1.0):
             st = torch.zeros_like(p).reshape(n, -1)
             st[:, idx] = sign * big
-            clipped, _ = clip_step(params, {name: st.reshape(p.shape)}, eps, cfg)
+            clipped, _ = clip_step(params, {name: st.reshape(p.shape)}, eps, cfg, backend=backend)
             new = dict(params)
             new[name] = p + clipped[name]
             if name == "sh_dc":
@@ -150,6 +141,14 @@ def alpha_s_min(params: dict, cfg: TrustRegionConfig) -> float:
 # ------------------------------------------------------------------------------------------------
 # closed form against numerical integration
 # ------------------------------------------------------------------------------------------------
+def test_constants_match_the_renderer() -> None:
+    """optim may not import trsplat.gaussians, so it keeps its own copies of SH_C0 and the names."""
+    from trsplat import gaussians
+
+    assert hellinger.SH_C0 == gaussians.SH_C0
+    assert hellinger.PARAM_NAMES == gaussians.PARAM_NAMES == NAMES
+
+
 def test_hellinger_sq_matches_numerical_integration() -> None:
     """∫(√G − √G′)² over a 3D grid = (2π)^{3/2}·H² of the closed form (Z = α·det S)."""
     gen = torch.Generator().manual_seed(7)
@@ -206,7 +205,8 @@ def extreme() -> dict:
 @pytest.mark.parametrize("eps", EPS_LIST)
 @pytest.mark.parametrize("kind", ["typical", "extreme"])
 @pytest.mark.parametrize("clamp", ["default", "none"])
-def test_single_coordinate_factor(eps: float, kind: str, clamp: str, typical: dict, extreme: dict) -> None:
+def test_single_coordinate_factor(eps: float, kind: str, clamp: str, typical: dict, extreme: dict,
+                                  backend: str) -> None:
     """H²/det S ≤ factor·ε per type for one coordinate at its radius (kernel defaults, split).
 
     Factors: position 2/3 (exact, any step); scale g_scale(k_max) ≤ 0.42; rotation 0.31 with the
@@ -230,12 +230,12 @@ def test_single_coordinate_factor(eps: float, kind: str, clamp: str, typical: di
     }
     assert factors["log_scales"] <= 0.42 and factors["sh_dc"] <= 4 / 3 + 1e-6
     for name, factor in factors.items():
-        got = worst_factor(params, name, eps, cfg)
+        got = worst_factor(params, name, eps, cfg, backend=backend)
         assert got <= factor, (name, got, factor)
         assert got >= 0.2, (name, got)  # the radius is not absurdly conservative either
 
 
-def test_small_step_limits(typical: dict) -> None:
+def test_small_step_limits(typical: dict, backend: str) -> None:
     """At tiny ε the worst H²/(ε det S) is the budget actually used: 2/3, 1/3, 1/4, 1, 1/3.
 
     Two-sided, so a radius that is too small (over-conservative) fails as well as one too large.
@@ -244,11 +244,11 @@ def test_small_step_limits(typical: dict) -> None:
     cfg = TrustRegionConfig()
     limits = {"means": 2 / 3, "log_scales": 1 / 3, "quats": 1 / 4, "opacity_logits": 1.0, "sh_dc": 1 / 3}
     for name, limit in limits.items():
-        got = worst_factor(typical, name, eps, cfg)
+        got = worst_factor(typical, name, eps, cfg, backend=backend)
         assert got == pytest.approx(limit, rel=3e-3), (name, got)
 
 
-def test_rotation_factor_cap_nonlinearity() -> None:
+def test_rotation_factor_cap_nonlinearity(backend: str) -> None:
     """Rotation exceeds 1/4 only through the quaternion normalisation at capped steps.
 
     Along a raw coordinate the relative rotation has a fixed axis and half-angle φ = atan(Δ·√(1−q̂_c²)
@@ -257,23 +257,23 @@ def test_rotation_factor_cap_nonlinearity() -> None:
     With a tiny cap the excess vanishes.
     """
     params = population(1000, 3, "typical")
-    got_default = worst_factor(params, "quats", 1e-4, TrustRegionConfig())
+    got_default = worst_factor(params, "quats", 1e-4, TrustRegionConfig(), backend=backend)
     assert 0.25 < got_default <= 0.25 / 0.9 ** 2
-    got_tiny_cap = worst_factor(params, "quats", 1e-4, TrustRegionConfig(quat_norm_cap=1e-3))
+    got_tiny_cap = worst_factor(params, "quats", 1e-4, TrustRegionConfig(quat_norm_cap=1e-3), backend=backend)
     assert got_tiny_cap <= 0.25 * 1.01
 
 
 @pytest.mark.parametrize("eps", EPS_LIST)
-def test_exact_mass_bounds_meet_budget(eps: float, extreme: dict) -> None:
+def test_exact_mass_bounds_meet_budget(eps: float, extreme: dict, backend: str) -> None:
     """mass_bounds='exact': opacity ≤ ε_op and colour ≤ ε/3 exactly, at every step size."""
     cfg = TrustRegionConfig(mass_bounds="exact", mass_clamp=None)
-    assert worst_factor(extreme, "opacity_logits", eps, cfg) <= 1.0 + 1e-9
-    assert worst_factor(extreme, "sh_dc", eps, cfg) <= 1 / 3 + 1e-9
+    assert worst_factor(extreme, "opacity_logits", eps, cfg, backend=backend) <= 1.0 + 1e-9
+    assert worst_factor(extreme, "sh_dc", eps, cfg, backend=backend) <= 1 / 3 + 1e-9
     # and still tight (not over-conservative)
-    assert worst_factor(extreme, "opacity_logits", eps, cfg) >= 0.99
+    assert worst_factor(extreme, "opacity_logits", eps, cfg, backend=backend) >= 0.99
 
 
-def test_below_color_floor_cost() -> None:
+def test_below_color_floor_cost(backend: str) -> None:
     """Below ``color_floor`` the bound is knowingly exceeded: H²/ε ≤ 2·sqrt(floor·α/(3ε)) (C = 0).
 
     With color_floor = 0 (kernel) such channels do not move at all (H² = 0).  (kernel_exact's
@@ -285,9 +285,9 @@ def test_below_color_floor_cost() -> None:
     params["sh_dc"] = torch.full((n, 1, 3), -0.5 / SH_C0, dtype=F64)  # C = 0
     alpha_max = float(torch.sigmoid(params["opacity_logits"]).max())
     bound = 2 * math.sqrt((1 / 255) * alpha_max / (3 * eps))
-    got = worst_factor(params, "sh_dc", eps, TrustRegionConfig())
+    got = worst_factor(params, "sh_dc", eps, TrustRegionConfig(), backend=backend)
     assert 1.0 < got <= bound + 1e-9
-    assert worst_factor(params, "sh_dc", eps, TrustRegionConfig(color_floor=0.0)) == 0.0
+    assert worst_factor(params, "sh_dc", eps, TrustRegionConfig(color_floor=0.0), backend=backend) == 0.0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -353,10 +353,11 @@ def _one_gaussian() -> dict[str, torch.Tensor]:
     }
 
 
-def _huge_clip(params: dict, cfg: TrustRegionConfig, eps: float) -> tuple[dict, dict]:
+def _huge_clip(params: dict, cfg: TrustRegionConfig, eps: float, *, backend: str) -> tuple[dict, dict]:
     plus = {k: torch.full_like(v, 1e6) for k, v in params.items()}
     minus = {k: torch.full_like(v, -1e6) for k, v in params.items()}
-    return clip_step(params, plus, eps, cfg)[0], clip_step(params, minus, eps, cfg)[0]
+    return (clip_step(params, plus, eps, cfg, backend=backend)[0],
+            clip_step(params, minus, eps, cfg, backend=backend)[0])
 
 
 def _beta_autograd(ls: torch.Tensor, q0: torch.Tensor) -> list[float]:
@@ -373,11 +374,11 @@ def _beta_autograd(ls: torch.Tensor, q0: torch.Tensor) -> list[float]:
     return out
 
 
-def test_paper_variant_hand_computed() -> None:
+def test_paper_variant_hand_computed(backend: str) -> None:
     """bounds='paper' (paper_literal) equals the printed formulas of §2.2 for one Gaussian."""
     p, eps = _one_gaussian(), 1e-3
     cfg = TrustRegionConfig.paper_literal()
-    up, down = _huge_clip(p, cfg, eps)
+    up, down = _huge_clip(p, cfg, eps, backend=backend)
     alpha, s = 0.3, [0.05, 0.2, 0.011]
     rot = _rot_unnormalised(p["quats"][0]) / (p["quats"][0] @ p["quats"][0])
     sigma = rot @ torch.diag(torch.tensor(s, dtype=F64) ** 2) @ rot.T
@@ -402,11 +403,11 @@ def test_paper_variant_hand_computed() -> None:
         assert float(up["quats"][0, c]) == pytest.approx(thr_q, rel=1e-9)
 
 
-def test_kernel_variant_hand_computed() -> None:
+def test_kernel_variant_hand_computed(backend: str) -> None:
     """Default (kernel) radii for one Gaussian against the §2.4 formulas written out by hand."""
     p, eps = _one_gaussian(), 1e-3
     cfg = TrustRegionConfig()
-    up, down = _huge_clip(p, cfg, eps)
+    up, down = _huge_clip(p, cfg, eps, backend=backend)
     alpha, s = 0.3, [0.05, 0.2, 0.011]
     rot = _rot_unnormalised(p["quats"][0]) / (p["quats"][0] @ p["quats"][0])
     sigma_inv = rot @ torch.diag(1 / torch.tensor(s, dtype=F64) ** 2) @ rot.T
@@ -434,7 +435,7 @@ def test_kernel_variant_hand_computed() -> None:
         assert float(up["sh_rest"][0, 0, ch]) == pytest.approx(min(thr_r, 0.5 - rest), rel=1e-12)
         assert float(down["sh_rest"][0, 0, ch]) == pytest.approx(-min(thr_r, rest + 0.5), rel=1e-12)
     # the kernel's boxed rest radius: channel 2 (C = 0.97) is limited by 1 − C
-    up_k, _ = _huge_clip(p, TrustRegionConfig(rest_radius_from_box=True), eps)
+    up_k, _ = _huge_clip(p, TrustRegionConfig(rest_radius_from_box=True), eps, backend=backend)
     assert float(up_k["sh_rest"][0, 0, 2]) == pytest.approx((1 - 0.97) / SH_C0 / 20, rel=1e-12)
 
 
@@ -500,7 +501,7 @@ CONFIGS = {
 
 @pytest.mark.parametrize("cfg_name", list(CONFIGS))
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
-def test_clipping_invariants(cfg_name: str, dtype: torch.dtype) -> None:
+def test_clipping_invariants(cfg_name: str, dtype: torch.dtype, backend: str) -> None:
     """Within [lo, hi]; |clipped| ≤ |step|, no sign flip; NaN→0; zero stays zero; mask right;
     inputs untouched; boxes hold."""
     cfg = CONFIGS[cfg_name]
@@ -509,7 +510,7 @@ def test_clipping_invariants(cfg_name: str, dtype: torch.dtype) -> None:
     params_copy = {k: v.clone() for k, v in params.items()}
     steps_copy = {k: v.clone() for k, v in steps.items()}
     eps = 1e-3
-    clipped, on_bound = clip_step(params, steps, eps, cfg)
+    clipped, on_bound = clip_step(params, steps, eps, cfg, backend=backend)
     bounds = step_bounds(params, eps, cfg)
     for name in NAMES:
         assert torch.equal(params[name], params_copy[name]), name
@@ -549,7 +550,7 @@ def test_clipping_invariants(cfg_name: str, dtype: torch.dtype) -> None:
     assert (a_new[inside] >= 1e-5 * (1 - 1e-4)).all() and (a_new[inside] <= 1 - 1e-5 * (1 - 1e-3)).all()
 
 
-def test_inside_steps_pass_through_bit_identical() -> None:
+def test_inside_steps_pass_through_bit_identical(backend: str) -> None:
     """Steps strictly inside their interval come back bit-for-bit (float32), incl. the kernel's
     round-trip failure cases of §2.7 (raw 9 / 1e-4, raw 5 / 1e-6, raw 2 / 1e-7)."""
     params = population(1000, 6, "typical", dtype=torch.float32)
@@ -561,7 +562,7 @@ def test_inside_steps_pass_through_bit_identical() -> None:
         u = torch.rand(lo.shape, generator=g, dtype=F64) * 0.98
         side = torch.rand(lo.shape, generator=g) < 0.5
         steps[name] = torch.where(side, u * lo, u * hi).float()
-    clipped, on_bound = clip_step(params, steps, eps)
+    clipped, on_bound = clip_step(params, steps, eps, backend=backend)
     for name in steps:
         assert torch.equal(clipped[name], steps[name]), name
         assert not on_bound[name].any(), name
@@ -572,19 +573,19 @@ def test_inside_steps_pass_through_bit_identical() -> None:
     small["log_scales"] = torch.tensor([[9.0, -12.0, 2.0]]).repeat(n, 1)
     st = {"opacity_logits": torch.tensor([1e-4, 1e-6, -1e-7]),
           "log_scales": torch.tensor([[1e-7, -3e-8, 1e-6]]).repeat(n, 1)}
-    cl, _ = clip_step(small, st, 1e-3)
+    cl, _ = clip_step(small, st, 1e-3, backend=backend)
     assert torch.equal(cl["opacity_logits"], st["opacity_logits"])
     assert torch.equal(cl["log_scales"], st["log_scales"])
 
 
-def test_clipped_steps_never_exceed_float64_radius_float32() -> None:
+def test_clipped_steps_never_exceed_float64_radius_float32(backend: str) -> None:
     """Clipped float32 steps are rounded towards zero: never beyond the float64 radius."""
     params = population(1000, 8, "extreme", dtype=torch.float32)
     steps = {k: torch.full_like(v, 1e3) for k, v in params.items()}
     neg = {k: -v for k, v in steps.items()}
     bounds = step_bounds(params, 1e-4)
     for st in (steps, neg):
-        clipped, on_bound = clip_step(params, st, 1e-4)
+        clipped, on_bound = clip_step(params, st, 1e-4, backend=backend)
         for name, (lo, hi) in bounds.items():
             c = clipped[name].double()
             assert ((c >= lo) & (c <= hi)).all(), name
@@ -593,26 +594,26 @@ def test_clipped_steps_never_exceed_float64_radius_float32() -> None:
             assert torch.allclose(c, target.clamp(-1e30, 1e30).float().double(), rtol=2e-7, atol=1e-30), name
 
 
-def test_zero_nan_inf_steps() -> None:
+def test_zero_nan_inf_steps(backend: str) -> None:
     params = population(50, 2, "typical", dtype=torch.float32)
     zero = {k: torch.zeros_like(v) for k, v in params.items()}
     for cfg in CONFIGS.values():
-        cl, ob = clip_step(params, zero, 1e-3, cfg)
+        cl, ob = clip_step(params, zero, 1e-3, cfg, backend=backend)
         for name in NAMES:
             assert torch.equal(cl[name], zero[name]) and not ob[name].any(), name
     nan = {k: torch.full_like(v, float("nan")) for k, v in params.items()}
-    cl, ob = clip_step(params, nan, 1e-3)
+    cl, ob = clip_step(params, nan, 1e-3, backend=backend)
     for name in NAMES:
         assert (cl[name] == 0).all() and not ob[name].any(), name
     inf = {k: torch.full_like(v, float("inf")) for k, v in params.items()}
-    cl, ob = clip_step(params, inf, 1e-3)
+    cl, ob = clip_step(params, inf, 1e-3, backend=backend)
     bounds = step_bounds(params, 1e-3)
     for name in NAMES:
         assert torch.isfinite(cl[name]).all() and ob[name].all(), name
         torch.testing.assert_close(cl[name].double(), bounds[name][1], rtol=1e-6, atol=0)
     # ε = 0 freezes everything
     ones = {k: torch.ones_like(v) for k, v in params.items()}
-    cl, _ = clip_step(params, ones, 0.0)
+    cl, _ = clip_step(params, ones, 0.0, backend=backend)
     for name in NAMES:
         assert (cl[name] == 0).all(), name
 
@@ -620,14 +621,14 @@ def test_zero_nan_inf_steps() -> None:
 # ------------------------------------------------------------------------------------------------
 # the §2.7 pathology decisions
 # ------------------------------------------------------------------------------------------------
-def test_frozen_colour_decision() -> None:
+def test_frozen_colour_decision(backend: str) -> None:
     """C = 0: default moves up (radius from the 1/255 floor), kernel_exact freezes DC and rest.
     C = 1: DC may only decrease in both; rest moves by default, frozen in kernel_exact."""
     p = _one_gaussian()
     p["sh_dc"] = ((torch.tensor([0.0, 1.0, 0.5], dtype=F64) - 0.5) / SH_C0).reshape(1, 1, 3)
     eps = 1e-4
-    up_d, dn_d = _huge_clip(p, TrustRegionConfig(), eps)
-    up_k, dn_k = _huge_clip(p, TrustRegionConfig.kernel_exact(sh_c0=SH_C0), eps)  # C exactly 0
+    up_d, dn_d = _huge_clip(p, TrustRegionConfig(), eps, backend=backend)
+    up_k, dn_k = _huge_clip(p, TrustRegionConfig.kernel_exact(sh_c0=SH_C0), eps, backend=backend)  # C exactly 0
     alpha_s = 0.3
     floor_radius = math.sqrt(4 * (1 / 255) * eps / (3 * alpha_s)) / SH_C0
     assert float(up_d["sh_dc"][0, 0, 0]) == pytest.approx(floor_radius, rel=1e-12)
@@ -641,41 +642,41 @@ def test_frozen_colour_decision() -> None:
     assert (up_d["sh_rest"][0, :, 1] > 0).all()
     assert (up_k["sh_rest"][0, :, 1] == 0).all()
     # exact mass bounds unfreeze C = 0 without a floor, at the Hellinger radius ε_c/α_s
-    up_e, _ = _huge_clip(p, TrustRegionConfig(mass_bounds="exact", color_floor=0.0), eps)
+    up_e, _ = _huge_clip(p, TrustRegionConfig(mass_bounds="exact", color_floor=0.0), eps, backend=backend)
     assert float(up_e["sh_dc"][0, 0, 0]) == pytest.approx(eps / 3 / alpha_s / SH_C0, rel=1e-12)
 
 
-def test_opacity_box_never_reverses() -> None:
+def test_opacity_box_never_reverses(backend: str) -> None:
     """raw −15, step −1e-3: default → 0; kernel_exact → +3.49 (to the box edge), as the kernel."""
     p = population(2, 0, "typical")
     p["opacity_logits"] = torch.tensor([-15.0, 15.0], dtype=F64)
     st = {"opacity_logits": torch.tensor([-1e-3, 1e-3], dtype=F64)}
-    cl, ob = clip_step(p, st, 1e-6)
+    cl, ob = clip_step(p, st, 1e-6, backend=backend)
     assert torch.equal(cl["opacity_logits"], torch.zeros(2, dtype=F64)) and ob["opacity_logits"].all()
-    cl_k, _ = clip_step(p, st, 1e-6, TrustRegionConfig.kernel_exact())
+    cl_k, _ = clip_step(p, st, 1e-6, TrustRegionConfig.kernel_exact(), backend=backend)
     edge = math.log(1e-5 / (1 - 1e-5))
     assert float(cl_k["opacity_logits"][0]) == pytest.approx(edge + 15, rel=1e-9)  # ≈ +3.49
     assert float(cl_k["opacity_logits"][1]) == pytest.approx(-edge - 15, rel=1e-9)
     # back towards the box is allowed by default, within the Hellinger radius
     back = {"opacity_logits": torch.tensor([1e3, -1e3], dtype=F64)}
-    cl_b, _ = clip_step(p, back, 1e-6)
+    cl_b, _ = clip_step(p, back, 1e-6, backend=backend)
     assert float(cl_b["opacity_logits"][0]) > 0 > float(cl_b["opacity_logits"][1])
     alpha = torch.sigmoid(p["opacity_logits"])
     moved = torch.sigmoid(p["opacity_logits"] + cl_b["opacity_logits"]) - alpha
     torch.testing.assert_close(moved.abs(), torch.sqrt(4 * alpha * 1e-6), rtol=1e-9, atol=0)
 
 
-def test_scale_collapse_guard() -> None:
+def test_scale_collapse_guard(backend: str) -> None:
     """ε/α_s ≥ 9/4: default keeps s′ ≥ s/2; kernel_exact (no guard) lets a −1e3 step through."""
     p = population(4, 0, "typical")
     p["opacity_logits"] = torch.full((4,), -20.0, dtype=F64)
     st = {"log_scales": torch.full((4, 3), -1e3, dtype=F64)}
-    cl, _ = clip_step(p, st, 1e-3, TrustRegionConfig(mass_clamp=None))
+    cl, _ = clip_step(p, st, 1e-3, TrustRegionConfig(mass_clamp=None), backend=backend)
     assert torch.allclose(cl["log_scales"], torch.full((4, 3), math.log(0.5), dtype=F64), rtol=1e-12, atol=0)
-    cl_k, _ = clip_step(p, st, 1e-3, TrustRegionConfig.kernel_exact(mass_clamp=None))
+    cl_k, _ = clip_step(p, st, 1e-3, TrustRegionConfig.kernel_exact(mass_clamp=None), backend=backend)
     assert torch.equal(cl_k["log_scales"], st["log_scales"])
     # the default mass clamp alone already prevents it at realistic ε
-    cl_c, _ = clip_step(p, st, 1e-3, TrustRegionConfig.kernel_exact())
+    cl_c, _ = clip_step(p, st, 1e-3, TrustRegionConfig.kernel_exact(), backend=backend)
     assert (cl_c["log_scales"] > math.log(0.75)).all()
 
 
@@ -715,25 +716,25 @@ def test_split_budget_and_opacity_eps_scale() -> None:
     torch.testing.assert_close(o1, 2 * o2, rtol=1e-12, atol=0)
 
 
-def test_bad_inputs() -> None:
+def test_bad_inputs(backend: str) -> None:
     p = _one_gaussian()
     with pytest.raises(ValueError):
-        clip_step(p, {"means": torch.zeros(1, 3, dtype=F64)}, -1e-3)
+        clip_step(p, {"means": torch.zeros(1, 3, dtype=F64)}, -1e-3, backend=backend)
     with pytest.raises(ValueError):
-        clip_step(p, {"means": torch.zeros(1, 3, dtype=F64)}, float("nan"))
+        clip_step(p, {"means": torch.zeros(1, 3, dtype=F64)}, float("nan"), backend=backend)
     with pytest.raises(KeyError):
-        clip_step(p, {"colours": torch.zeros(1, 3, dtype=F64)}, 1e-3)
+        clip_step(p, {"colours": torch.zeros(1, 3, dtype=F64)}, 1e-3, backend=backend)
     with pytest.raises(ValueError):
-        clip_step(p, {"means": torch.zeros(2, 3, dtype=F64)}, 1e-3)
+        clip_step(p, {"means": torch.zeros(2, 3, dtype=F64)}, 1e-3, backend=backend)
     with pytest.raises(KeyError):
-        clip_step({"means": p["means"]}, {"means": torch.zeros(1, 3, dtype=F64)}, 1e-3)
+        clip_step({"means": p["means"]}, {"means": torch.zeros(1, 3, dtype=F64)}, 1e-3, backend=backend)
     for bad in [dict(bounds="x"), dict(mass_clamp=(0.0, 1.0)), dict(opacity_box=(0.0, 1.0)),
                 dict(scale_min_ratio=1.0), dict(mass_bounds="y"), dict(opacity_box_mode="z")]:
         with pytest.raises(ValueError):
             TrustRegionConfig(**bad)
     # empty input works
     empty = {k: v[:0] for k, v in p.items()}
-    cl, ob = clip_step(empty, {k: v.clone() for k, v in empty.items()}, 1e-3)
+    cl, ob = clip_step(empty, {k: v.clone() for k, v in empty.items()}, 1e-3, backend=backend)
     assert all(v.numel() == 0 for v in cl.values())
 
 

@@ -1,10 +1,10 @@
 """numba kernels of the CPU fast path of :func:`trsplat.optim.hellinger.clip_step`.
 
 :func:`~trsplat.optim.hellinger.clip_step` has two implementations that return bit-identical
-results (see "Implementations" in :mod:`trsplat.optim.hellinger`).  Everything that needs a
-function torch does not round exactly on the CPU (exp, log, log1p, sinh, sigmoid and also sqrt,
-which goes through MKL/Sleef there) is computed by shared torch code; the kernels here do the
-rest, the part that costs time:
+results (``docs/trust_region.md``, "Implementations"; the calls into this module are in
+:mod:`trsplat.optim.cpu_clip`).  Everything that needs a function torch does not round exactly
+on the CPU (exp, log, log1p, sinh, sigmoid and also sqrt, which goes through MKL/Sleef there) is
+computed by shared torch code; the kernels here do the rest, the part that costs time:
 
 * :func:`radicands`: from the quaternion, its norm and the per-Gaussian terms exp(∓2 ln s),
   sinh²(ln s_i − ln s_j) and −ln(1 − ε/α_s), the squared position and rotation radii (rotation
