@@ -1,55 +1,52 @@
-"""The 3DGS Adam recipe: one Adam with a learning rate per parameter group.
+"""Adam over named Gaussian tensors (the 3DGS recipe) and ADAM-TR (Adam clipped by the trust region).
 
-Position lr 1.6e-4 -> 1.6e-6 times the scene extent with exponential decay; SH dc 2.5e-3,
-SH rest 2.5e-3/20, opacity 0.025, scale 5e-3, rotation 1e-3; eps 1e-15 (all as 3DGS).
+3DGS learning rates: position 1.6e-4 -> 1.6e-6 times the scene extent (exponential decay, a
+scheduler of :mod:`trsplat.optim.schedules`), SH dc 2.5e-3, SH rest 2.5e-3/20, opacity 0.025,
+scale 5e-3, rotation 1e-3; eps 1e-15 (:func:`trsplat.optim.build.build_optimizer`).
 """
 
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
-from trsplat.gaussians import Gaussians
-from trsplat.optim.schedules import exponential_decay
+from trsplat.optim.hellinger import PARAM_NAMES
+from trsplat.optim.trust_region import HellingerTrustRegion, WithTrustRegion, drain, group_eps, named_params
 
 
-class GaussianAdam:
-    """Adam over the raw tensors of a :class:`Gaussians`, with the 3DGS per-group learning rates.
+class GaussianAdam(torch.optim.Adam):
+    """``torch.optim.Adam`` with one param group per entry of ``lrs`` (in its order): the tensor
+    ``params[name]``, its learning rate and the key ``"name"``."""
 
-    ``step(iteration)`` sets the decayed position lr for that iteration and updates all groups.
-    """
+    def __init__(self, params: dict[str, Tensor], lrs: dict[str, float], eps: float = 1e-15) -> None:
+        if set(lrs) != set(params):
+            raise ValueError(f"lrs names {sorted(lrs)} differ from params names {sorted(params)}")
+        super().__init__([{"params": [params[name]], "lr": lr, "name": name} for name, lr in lrs.items()],
+                         lr=0.0, eps=eps)
+        self.trust_region: HellingerTrustRegion | None = None
 
-    def __init__(self, gaussians: Gaussians, *, extent: float, max_steps: int,
-                 lr_means: float = 1.6e-4, lr_means_final: float = 1.6e-6, lr_sh_dc: float = 2.5e-3,
-                 lr_sh_rest: float = 2.5e-3 / 20, lr_opacity: float = 0.025, lr_scale: float = 5e-3,
-                 lr_rotation: float = 1e-3, eps: float = 1e-15) -> None:
-        self.extent = extent
-        self.max_steps = max_steps
-        self.lr_means = (lr_means * extent, lr_means_final * extent)
-        lrs = {
-            "means": self.lr_means[0], "sh_dc": lr_sh_dc, "sh_rest": lr_sh_rest,
-            "opacity_logits": lr_opacity, "log_scales": lr_scale, "quats": lr_rotation,
-        }
-        params = gaussians.params()
-        self.adam = torch.optim.Adam(
-            [{"params": [params[name]], "lr": lr, "name": name} for name, lr in lrs.items()],
-            lr=0.0, eps=eps,
-        )
 
-    def lr_for(self, iteration: int) -> float:
-        """Position learning rate at ``iteration`` (1-based, as 3DGS)."""
-        return exponential_decay(iteration, *self.lr_means, self.max_steps)
+class AdamTrustRegion(WithTrustRegion, GaussianAdam):
+    """ADAM-TR: the Adam step of :class:`GaussianAdam`, clipped coordinate-wise by the Hellinger
+    radii for ε = the groups' ``"tr_eps"`` (initially ``tr_eps``; a scheduler sets it per step)."""
 
-    def step(self, iteration: int, context=None) -> None:
-        for group in self.adam.param_groups:
-            if group["name"] == "means":
-                group["lr"] = self.lr_for(iteration)
-        self.adam.step()
+    def __init__(self, params: dict[str, Tensor], lrs: dict[str, float], eps: float = 1e-15, *,
+                 trust_region: HellingerTrustRegion | None = None, tr_eps: float = 1e-6) -> None:
+        super().__init__(params, lrs, eps)
+        self.trust_region = HellingerTrustRegion() if trust_region is None else trust_region
+        for group in self.param_groups:
+            group["tr_eps"] = tr_eps
 
-    def zero_grad(self) -> None:
-        self.adam.zero_grad(set_to_none=True)
-
-    def state_dict(self) -> dict:
-        return self.adam.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.adam.load_state_dict(state)
+    @torch.no_grad()
+    def step(self, closure=None):
+        # the clip order (and so the order of the bound statistics) is the Gaussians' order
+        named = named_params(self.param_groups)
+        params = {name: named[name] for name in sorted(named, key=PARAM_NAMES.index)}
+        before = {k: p.detach().clone() for k, p in params.items()}
+        loss = super().step(closure)
+        proposed = {}
+        for k, p in params.items():  # restore each parameter, releasing its copy
+            proposed[k] = p.detach() - before[k]
+            p.copy_(before.pop(k))
+        self.trust_region.clip_and_apply(params, drain(proposed), group_eps(self.param_groups))
+        return loss

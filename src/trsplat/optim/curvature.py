@@ -1,9 +1,10 @@
 """Estimators of diag(JᵀJ), the Gauss–Newton diagonal of the per-image training loss.
 
-The loss of one image is written as ``½‖r‖²`` with the residuals of :func:`trsplat.loss.residuals`,
-so that ``∇L = Jᵀr`` and the Gauss–Newton matrix is ``JᵀJ`` (J: Jacobian of r w.r.t. all raw
-Gaussian parameters). Three estimators, one interface (``estimate(...) -> {name: tensor}``, each
-tensor shaped like the raw parameter):
+The loss of one image is written as ``½‖r‖²`` with residuals r, so that ``∇L = Jᵀr`` and the
+Gauss–Newton matrix is ``JᵀJ`` (J: Jacobian of r w.r.t. all raw parameters). The caller supplies
+``residual_fn(params, frame) -> r`` (flat, differentiable in both AD modes; for trsplat: render
+the Gaussians of ``params``, then :func:`trsplat.loss.residuals`). Three estimators, one interface
+(``estimate(...) -> {name: tensor}``, each tensor shaped like the raw parameter):
 
 - ``hutchinson`` (the paper): ``D = z ⊙ JᵀJz`` with Rademacher z over all raw parameters. One
   forward-mode render with tangent z gives ``ṙ = Jz``; one backward of r with cotangent ``ṙ``
@@ -23,32 +24,16 @@ from typing import Callable, Sequence
 import torch
 from torch.autograd import forward_ad
 
-from trsplat.gaussians import Gaussians
-from trsplat.loss import residuals
-from trsplat.render import render
-
 CURVATURES = ("hutchinson", "gnb", "none")
 
-# (gaussians, frame) -> residual vector r (flat), differentiable in both AD modes.
-ResidualFn = Callable[[Gaussians, object], torch.Tensor]
+# (raw params by name, frame) -> residual vector r (flat), differentiable in both AD modes.
+ResidualFn = Callable[[dict[str, torch.Tensor], object], torch.Tensor]
 
 
 def rademacher_like(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A ±1 tensor shaped like ``t`` (drawn on the CPU generator, moved to ``t``'s device)."""
     bits = torch.randint(0, 2, t.shape, generator=generator, dtype=torch.int8)
     return (bits.to(t.dtype) * 2 - 1).to(t.device)
-
-
-def make_residual_fn(*, sh_degree: int, background: torch.Tensor, backend: str, form: str,
-                     lambda_dssim: float, delta: float) -> ResidualFn:
-    """The residual function of the training loss for one view (render → residuals vs ground truth)."""
-
-    def fn(gaussians: Gaussians, frame) -> torch.Tensor:
-        out = render(gaussians, frame.camera, sh_degree=sh_degree, background=background, backend=backend)
-        return residuals(out.image, frame.image.to(out.image.device), form=form,
-                         lambda_dssim=lambda_dssim, delta=delta)
-
-    return fn
 
 
 def _leaves(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -66,7 +51,7 @@ def gauss_newton_product(params: dict[str, torch.Tensor], frame, residual_fn: Re
     leaves = _leaves(params)
     with forward_ad.dual_level():
         duals = {k: forward_ad.make_dual(v, z[k]) for k, v in leaves.items()}
-        r_dual = residual_fn(Gaussians.from_params(duals), frame)
+        r_dual = residual_fn(duals, frame)
         primal, tangent = forward_ad.unpack_dual(r_dual)
         if tangent is None:  # nothing in view depends on the parameters
             return {k: torch.zeros_like(v) for k, v in leaves.items()}
@@ -95,7 +80,7 @@ def gauss_newton_bartlett(params: dict[str, torch.Tensor], frames: Sequence, res
     for frame in frames:
         for _ in range(n_probes):
             leaves = _leaves(params)
-            r = residual_fn(Gaussians.from_params(leaves), frame)
+            r = residual_fn(leaves, frame)
             u = rademacher_like(r, generator)
             for k, g in _grads(r, leaves, u).items():
                 total[k] += g.mul_(g)
