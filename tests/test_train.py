@@ -194,6 +194,7 @@ def test_checkpoint_of_an_earlier_format_is_refused_in_one_line(tiny_scene, tmp_
     ckpt = torch.load(run / RunDir.CHECKPOINT, weights_only=False)
     ckpt.pop("format")  # what trsplat wrote before checkpoint format 2
     torch.save(ckpt, run / RunDir.CHECKPOINT)
+    capsys.readouterr()
     assert main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert "earlier trsplat" in err and str(run) in err and "\n" not in err

@@ -30,6 +30,7 @@ from trsplat.gaussians import Gaussians
 from trsplat.loss import residuals, training_loss
 from trsplat.optim.build import build_optimizer
 from trsplat.optim.curvature import CurvatureEstimator, ResidualFn
+from trsplat.optim.tr import TrustRegionNewton
 from trsplat.render import render
 from trsplat.render.backends import resolve_backend
 from trsplat.strategy import Strategy, StepInfo, build_strategy
@@ -218,7 +219,10 @@ class Trainer:
         self.strategy.step_post_backward(self.gaussians, self.optimizer, info)
         for scheduler in self.schedulers:
             scheduler.step(iteration)
-        self.optimizer.step(self._curvature_closure(sh_degree, info.view_ids))
+        if isinstance(self.optimizer, TrustRegionNewton):  # the only optimiser that uses a curvature
+            self.optimizer.step(self._curvature_closure(sh_degree, info.view_ids))
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return total_loss, float(-10.0 * np.log10(max(total_mse, 1e-12)))
 
