@@ -127,9 +127,8 @@ def _on_bound(evals_raw: list[dict[str, Any]]) -> dict[str, float]:
     return {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
 
 
-def collect(spec: StudySpec, out_dir: str | Path) -> dict[str, dict[str, dict[int, RunData]]]:
+def collect(spec: StudySpec, out_dir: str | Path, failures: dict[str, Any]) -> dict[str, dict[str, dict[int, RunData]]]:
     """``data[scene][variant][seed]`` for every run of the spec, plus the ``"average"`` pseudo-scene."""
-    failures = read_json(Path(out_dir) / FAILURES_FILE) or {}
     data: dict[str, dict[str, dict[int, RunData]]] = {}
     for scene in spec.scenes:
         data[scene] = {}
@@ -369,10 +368,10 @@ def init_consistency(spec: StudySpec, data) -> list[str]:
 def summarize(spec: StudySpec, out_dir: str | Path, *, command: str = "") -> dict[str, Any]:
     """The content of ``results.json`` from the run folders (any state)."""
     out_dir = Path(out_dir)
-    data = collect(spec, out_dir)
+    failures = read_json(out_dir / FAILURES_FILE) or {}
+    data = collect(spec, out_dir, failures)
     states = {"finished": 0, "partial": 0, "missing": 0, "failed": 0}
     runs = []
-    failures = read_json(out_dir / FAILURES_FILE) or {}
     for seed in spec.seeds:
         for scene in spec.scenes:
             for variant in spec.variants:

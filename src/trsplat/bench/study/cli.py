@@ -19,9 +19,7 @@ from trsplat.io_utils import write_json
 
 
 def _csv(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    return [x.strip() for x in text.split(",") if x.strip()]
+    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
 
 
 def _seeds(text: str | None) -> list[int] | None:

@@ -225,7 +225,7 @@ def execute(tasks: list[Task], out_dir: str | Path, *, jobs: int = 1, threads: i
                 + "\n".join("      " + ln for ln in msg.splitlines()))
             record(task, msg)
 
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C
     try:
         while queue or running:
             while queue and len(running) < jobs:
@@ -273,10 +273,6 @@ def _stop_children(running) -> None:
             proc.kill()
             proc.wait()
         fh.close()
-
-
-def _raise_keyboard_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 def _worker_main(argv: list[str]) -> int:
