@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trsplat.bench.machine import machine_label
+from trsplat.machine import machine_label
 from trsplat.cli import main
 from trsplat.config import TrainConfig
 from trsplat.gaussians import load_ply

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from trsplat.bench.machine import command_line
+from trsplat.machine import command_line
 from trsplat.errors import TrsplatError
 from trsplat.io_utils import atomic_write, write_json
 from trsplat.optim.curvature import gauss_newton_bartlett, hutchinson

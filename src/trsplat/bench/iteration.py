@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from trsplat.bench.datasets import DATA_ENV, default_capture
-from trsplat.bench.machine import command_line, machine_info
+from trsplat.machine import command_line, machine_info
 from trsplat.bench.render_bench import _rss
 from trsplat.errors import TrsplatError
 from trsplat.process_tuning import tune_process

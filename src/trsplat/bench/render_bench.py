@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from trsplat.bench.datasets import default_capture
-from trsplat.bench.machine import machine_info, memory_bytes
+from trsplat.machine import machine_info, memory_bytes
 from trsplat.process_tuning import tune_process
 
 DEFAULT_DATA = default_capture()  # $TRSPLAT_DATA/nerf_synthetic_chair

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from trsplat.bench.machine import machine_label
+from trsplat.machine import machine_label
 from trsplat.config import TrainConfig
 from trsplat.errors import TrsplatError
 from trsplat.gaussians import Gaussians

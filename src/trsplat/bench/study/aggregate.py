@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from trsplat.bench.machine import machine_info, now
+from trsplat.machine import machine_info, now
 from trsplat.bench.study.spec import (AVERAGE, EVAL_KEYS, FAILURES_FILE, INIT_KEYS, INVOCATIONS_FILE, StudySpec,
                                       read_json, run_dir, run_metrics)
 from trsplat.config import TrainConfig

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from trsplat.bench.datasets import DATA_ENV
-from trsplat.bench.machine import machine_info, now, usable_cores
+from trsplat.machine import machine_info, now, usable_cores
 from trsplat.bench.study.report import aggregate
 from trsplat.bench.study.runner import StudyInterrupted, ensure_scenes, execute, plan_runs
 from trsplat.bench.study.spec import (FAILURES_FILE, INVOCATIONS_FILE, PRESETS, RUN_KEYS, STUDY_FILE, StudySpec,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from trsplat.bench.machine import machine_text
+from trsplat.machine import machine_text
 from trsplat.bench.study.aggregate import LOWER_IS_BETTER, fmt_num, scene_items, summarize
 from trsplat.bench.study.spec import RESULTS_JSON, RESULTS_MD, StudySpec, echo
 from trsplat.io_utils import atomic_write, write_json

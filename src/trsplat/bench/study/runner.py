@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from trsplat.bench.machine import now
+from trsplat.machine import now
 from trsplat.bench.datasets import DATA_ENV
 from trsplat.bench.study.spec import FAILURES_FILE, StudySpec, echo, read_json, run_dir, run_metrics
 from trsplat.config import TrainConfig

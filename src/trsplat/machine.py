@@ -65,8 +65,7 @@ def now() -> str:
 def machine_info(*, threads: bool = True) -> dict[str, Any]:
     """Host, CPU model, usable cores, RAM, platform, Python, torch and the GPU; with ``threads``,
     also what CPU timings depend on: torch's and numba's thread counts, numba's threading layer
-    (loads the CPU kernels, so ``threads=False`` where that is not wanted) and numba's and numpy's
-    versions."""
+    (None until a parallel kernel has run) and numba's and numpy's versions."""
     import torch
 
     info: dict[str, Any] = {"host": platform.node(), "cpu_model": cpu_model(), "cores": usable_cores(),
@@ -79,8 +78,6 @@ def machine_info(*, threads: bool = True) -> dict[str, Any]:
         import numpy
 
         try:
-            from trsplat.render import cpu_kernels  # noqa: F401 (compiles/loads the kernels)
-
             layer = numba.threading_layer()
         except Exception:  # the threading layer is only known after a parallel kernel ran
             layer = None
