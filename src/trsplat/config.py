@@ -16,6 +16,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Iterator
 
 from trsplat.errors import TrsplatError
+from trsplat.render.backends import BACKENDS
 
 OPTIMIZERS = ("adam", "adam-tr", "tr")
 CURVATURES = ("hutchinson", "gnb", "none")
@@ -150,8 +151,7 @@ class TrainConfig:
     out: str = opt("", "output folder of the run")
     iters: int = opt(30_000, "number of training iterations", lo=1)
     seed: int = opt(0, "random seed (initialisation, view order, probes)")
-    backend: str = opt("auto", "rendering backend: auto, reference, cpu, cuda",
-                       choices=("auto", "reference", "cpu", "cuda"))
+    backend: str = opt("auto", "rendering backend (auto: cuda with a GPU, else cpu)", choices=("auto", *BACKENDS))
     lambda_dssim: float = opt(0.2, "weight of the D-SSIM term of the loss", lo=0, hi=1)
     sh_degree: int = opt(3, "maximum SH degree", lo=0, hi=3)
     sh_interval: int = opt(1000, "SH degree +1 every this many iterations (3DGS: 1000)", lo=1)

@@ -32,7 +32,7 @@ from trsplat.optim.build import build_optimizer
 from trsplat.optim.curvature import CurvatureEstimator, ResidualFn
 from trsplat.optim.tr import TrustRegionNewton
 from trsplat.render import render
-from trsplat.render.backends import resolve_backend
+from trsplat.render.backends import get_backend, resolve_backend
 from trsplat.strategy import Strategy, StepInfo, build_strategy
 from trsplat.training.evaluation import active_sh_degree, evaluate
 from trsplat.training.hooks import Hook, ProgressBar
@@ -109,7 +109,7 @@ class Trainer:
         self.scene = scene
         self.run_dir = RunDir(cfg.out)
         self.backend = resolve_backend(cfg.backend)
-        self.device = torch.device("cuda" if self.backend == "cuda" else "cpu")
+        self.device = get_backend(self.backend).device()
         self.machine = machine_label(str(self.device))  # what this process's train seconds are timed on
         self.gaussians = gaussians.to(self.device).requires_grad_(True)
         self.background = torch.tensor(scene.background, dtype=torch.float32, device=self.device)
