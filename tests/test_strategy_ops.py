@@ -8,6 +8,7 @@ import torch
 from trsplat.config import OptimizerConfig
 from trsplat.gaussians import Gaussians
 from trsplat.optim.build import build_optimizer
+from trsplat.optim.tr import TrustRegionNewton
 from trsplat.strategy import ops
 
 
@@ -29,7 +30,7 @@ def _step(gaussians: Gaussians, optimizer, schedulers, iteration: int, seed: int
     def curvature(generator):
         return {k: torch.rand(v.shape, generator=g) for k, v in gaussians.params().items()}
 
-    optimizer.step(curvature)
+    optimizer.step(curvature) if isinstance(optimizer, TrustRegionNewton) else optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
 
