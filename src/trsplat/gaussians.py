@@ -30,6 +30,8 @@ from trsplat.errors import TrsplatError
 SH_C0 = 0.28209479177387814
 PARAM_NAMES = ("means", "log_scales", "quats", "opacity_logits", "sh_dc", "sh_rest")
 MAX_SH_DEGREE = 3
+ALPHA_MIN = 1.0 / 255.0
+"""Compositing skips every Gaussian-pixel pair with alpha below this (INRIA's rasterizer)."""
 
 
 @dataclass
@@ -104,8 +106,6 @@ class Gaussians:
         """Gaussians with opacity ≥ 1/255, the compositing threshold. The others never reach it
         (alpha = opacity × falloff ≤ opacity), so they get no gradient and, without
         densification or an opacity reset, never come back."""
-        from trsplat.render.composite_reference import ALPHA_MIN
-
         return int((self.opacities.detach() >= ALPHA_MIN).sum())
 
     @property

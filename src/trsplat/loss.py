@@ -17,8 +17,8 @@ Loss (3DGS, ``utils/loss_utils.py``)
 ``L = (1 - λ) · L1 + λ · (1 - SSIM)`` with ``λ = 0.2``, where ``L1 = mean |img - gt|`` and
 ``SSIM`` is the mean of the SSIM map over all pixels, channels (and images of a batch).
 
-Residual form (3DGS²-TR, spec §1.1 and §1.4)
---------------------------------------------
+Residual form (3DGS²-TR, docs/optimizer.md "How JᵀJz is computed")
+----------------------------------------------------------------------
 :func:`residuals` returns a flat vector ``r`` whose squared norm reproduces the loss, so that the
 optimizer can treat the loss as a nonlinear least-squares problem ``½‖r‖²`` with Jacobian ``J``
 and Gauss–Newton matrix ``JᵀJ``. See its docstring for the exact definitions.
@@ -186,7 +186,7 @@ def residuals(
     lambda_dssim: float = 0.2,
     delta: float = 1e-6,
 ) -> torch.Tensor:
-    """Residual vector ``r`` for the Gauss–Newton view of the loss (3DGS²-TR, spec §1.1/§1.4).
+    """Residual vector ``r`` for the Gauss–Newton view of the loss (3DGS²-TR; docs/optimizer.md).
 
     Let ``n = img.numel()`` (``3·H·W`` for one RGB image, ``B·3·H·W`` for a batch), ``e = img - gt``
     and, per pixel-channel, the loss components ``ℓ_L1 = |e|`` and

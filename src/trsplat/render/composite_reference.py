@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import torch
 
+from trsplat.gaussians import ALPHA_MIN
 from trsplat.render.project import TILE_SIZE
 from trsplat.render.tiles import TileBins
 
 ALPHA_MAX = 0.99
-ALPHA_MIN = 1.0 / 255.0
 T_MIN = 1e-4
 
 

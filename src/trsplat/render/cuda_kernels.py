@@ -3,7 +3,7 @@
 Importing this module imports ``numba.cuda``; :mod:`trsplat.render.composite_cuda` only does so
 after checking that a GPU (or numba's CUDA simulator, ``NUMBA_ENABLE_CUDASIM=1``) is usable.
 
-All three kernels share INRIA's ``renderCUDA`` structure (``3dgs-conventions.md`` §6):
+All three kernels share INRIA's ``renderCUDA`` structure (docs/backends_cuda.md):
 
 * one block of 16x16 threads per 16x16 tile, one thread per pixel (threads of pixels outside
   the image stay in the loops, so barriers and warp collectives always see the full block);
