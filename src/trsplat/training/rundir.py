@@ -41,30 +41,14 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.config_path = self.path / self.CONFIG
+        self.metrics_path = self.path / self.METRICS
+        self.checkpoint_path = self.path / self.CHECKPOINT
+        self.ply_path = self.path / self.PLY
+        self.eval_path = self.path / self.EVAL
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
-
-    # -- paths -------------------------------------------------------------------------------
-    @property
-    def config_path(self) -> Path:
-        return self.path / self.CONFIG
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / self.METRICS
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.path / self.CHECKPOINT
-
-    @property
-    def ply_path(self) -> Path:
-        return self.path / self.PLY
-
-    @property
-    def eval_path(self) -> Path:
-        return self.path / self.EVAL
 
     def renders_dir(self, iteration: int | None = None, split: str | None = None) -> Path:
         """``renders/iter_N`` (training evals) or ``renders/SPLIT`` (``trsplat render``)."""
