@@ -24,7 +24,8 @@ BIRD = SHARED_DATA / "colmap_bird"
 
 # model name -> (id, number of params), written independently of the reader's table
 MODELS = {"SIMPLE_PINHOLE": (0, 3), "PINHOLE": (1, 4), "SIMPLE_RADIAL": (2, 4), "RADIAL": (3, 5),
-          "OPENCV": (4, 8), "OPENCV_FISHEYE": (5, 8)}
+          "OPENCV": (4, 8), "OPENCV_FISHEYE": (5, 8), "FULL_OPENCV": (6, 12), "FOV": (7, 5),
+          "SIMPLE_RADIAL_FISHEYE": (8, 4), "RADIAL_FISHEYE": (9, 5), "THIN_PRISM_FISHEYE": (10, 12)}
 
 
 # -- an independent COLMAP writer (binary and text) -------------------------------------------
@@ -168,13 +169,42 @@ def test_zero_distortion_is_pinhole(tmp_path: Path, model: str, params, expected
 
 
 @pytest.mark.parametrize(
-    "model, params",
-    [("SIMPLE_RADIAL", (300.0, 160.0, 100.0, 0.01)),
-     ("OPENCV", (300.0, 310.0, 160.0, 100.0, 0.0, 0.0, 1e-4, 0.0)),
-     ("OPENCV_FISHEYE", (300.0, 310.0, 160.0, 100.0, 0.0, 0.0, 0.0, 0.0))],
+    "model, params, kind, coeffs",
+    [("SIMPLE_RADIAL", (300.0, 160.0, 100.0, 0.01), "perspective", (0.01, 0, 0, 0, 0, 0, 0, 0)),
+     ("RADIAL", (300.0, 160.0, 100.0, 0.01, -0.002), "perspective", (0.01, -0.002, 0, 0, 0, 0, 0, 0)),
+     ("OPENCV", (300.0, 310.0, 160.0, 100.0, 0.0, 0.0, 1e-4, 0.0), "perspective", (0, 0, 1e-4, 0, 0, 0, 0, 0)),
+     ("FULL_OPENCV", (300.0, 310.0, 160.0, 100.0, 0.01, 0.002, 1e-4, 2e-4, 3e-4, 0.01, 0.001, 1e-4),
+      "perspective", (0.01, 0.002, 1e-4, 2e-4, 3e-4, 0.01, 0.001, 1e-4)),
+     ("OPENCV_FISHEYE", (300.0, 310.0, 160.0, 100.0, 0.0, 0.0, 0.0, 0.0), "fisheye", (0, 0, 0, 0)),
+     ("SIMPLE_RADIAL_FISHEYE", (300.0, 160.0, 100.0, 0.02), "fisheye", (0.02, 0, 0, 0)),
+     ("RADIAL_FISHEYE", (300.0, 160.0, 100.0, 0.02, -0.01), "fisheye", (0.02, -0.01, 0, 0))],
 )
 @pytest.mark.parametrize("fmt", ["bin", "txt"])
-def test_distortion_refused_with_undistorter_hint(tmp_path: Path, model, params, fmt) -> None:
+def test_distorted_models_get_a_lens_and_the_undistorted_camera(tmp_path: Path, model, params, kind, coeffs,
+                                                                fmt) -> None:
+    write_model(tmp_path, [(1, model, 320, 200, params)], IMAGES[:1], [], fmt)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "c.png").write_bytes(b"x")
+    m = read_model(tmp_path)
+    (view,) = colmap_views(m, tmp_path / "images")
+    lens = view.lens
+    assert lens is not None and (lens.model, lens.kind, lens.coeffs) == (model, kind, coeffs)
+    fx, fy, cx, cy = params[:4] if len(params) >= 8 else (params[0], params[0], params[1], params[2])
+    assert (lens.width, lens.height, lens.fx, lens.fy, lens.cx, lens.cy) == (320, 200, fx, fy, cx, cy)
+    cam = image_camera(m, m.images[5])
+    assert (cam.width, cam.height, cam.fx, cam.fy, cam.cx, cam.cy) == (
+        view.camera.width, view.camera.height, view.camera.fx, view.camera.fy, view.camera.cx, view.camera.cy)
+    # COLMAP's undistorter keeps the focal lengths and scales the principal point with the size
+    assert (cam.fx, cam.fy) == (fx, fy)
+    assert cam.cx == pytest.approx(cx * cam.width / 320) and cam.cy == pytest.approx(cy * cam.height / 200)
+    assert 0.2 * 320 <= cam.width <= 2 * 320 and 0.2 * 200 <= cam.height <= 2 * 200
+    assert pinhole_intrinsics(m.cameras[1]) == (cam.fx, cam.fy, cam.cx, cam.cy)
+
+
+@pytest.mark.parametrize("model, params", [("FOV", (300.0, 310.0, 160.0, 100.0, 0.9)),
+                                           ("THIN_PRISM_FISHEYE", (300.0, 310.0, 160.0, 100.0) + (0.001,) * 8)])
+@pytest.mark.parametrize("fmt", ["bin", "txt"])
+def test_unsupported_models_refused_with_undistorter_hint(tmp_path: Path, model, params, fmt) -> None:
     write_model(tmp_path, [(1, model, 320, 200, params)], IMAGES[:1], [], fmt)
     m = read_model(tmp_path)
     with pytest.raises(TrsplatError) as info:
@@ -182,6 +212,20 @@ def test_distortion_refused_with_undistorter_hint(tmp_path: Path, model, params,
     msg = str(info.value)
     assert f"cameras.{fmt}" in msg and model in msg
     assert "colmap image_undistorter --image_path" in msg and "--output_path" in msg
+
+
+def test_repeated_image_names(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "c.png").write_bytes(b"x")
+    same = [IMAGES[0], (6,) + IMAGES[0][1:]]
+    write_model(tmp_path, CAMERAS, same, [], "txt")
+    with pytest.warns(UserWarning, match=r"images\.txt: 1 repeated frames dropped .*c\.png"):
+        views = colmap_views(read_model(tmp_path), tmp_path / "images")
+    assert len(views) == 1
+    other = [IMAGES[0], (6, IMAGES[0][1], (0.0, 0.0, 5.0), 1, "c.png")]
+    write_model(tmp_path, CAMERAS, other, [], "txt")
+    with pytest.raises(TrsplatError, match=r"images\.txt: image .*c\.png appears twice .* different cameras or poses"):
+        colmap_views(read_model(tmp_path), tmp_path / "images")
 
 
 def test_unknown_model_binary(tmp_path: Path) -> None:

@@ -157,18 +157,97 @@ def test_all_frames_missing_is_an_error(tmp_path: Path) -> None:
         read_transforms(js)
 
 
-@pytest.mark.parametrize("key", ["k1", "k2", "p1", "p2"])
-def test_ngp_distortion_refused(tmp_path: Path, key: str) -> None:
+@pytest.mark.parametrize("key, index", [("k1", 0), ("k2", 1), ("p1", 2), ("p2", 3), ("k3", 4)])
+def test_ngp_distortion_gives_a_lens(tmp_path: Path, key: str, index: int) -> None:
     write_png(tmp_path / "x.png", 30, 20, mode="RGB")
     frame = {"file_path": "x.png", "transform_matrix": C2W_Z4}
     js = ngp_json(tmp_path, [frame], fl_x=30.0, w=30, h=20, **{"k1": 0.0, key: 0.01})
-    with pytest.raises(TrsplatError, match=rf"transforms\.json.*{key}=0\.01.*does not undistort"):
+    (view,) = read_transforms(js)
+    assert view.lens is not None and view.lens.kind == "perspective" and view.lens.model == "OPENCV"
+    expected = [0.0] * 8
+    expected[index] = 0.01
+    assert view.lens.coeffs == tuple(expected)
+    assert (view.lens.width, view.lens.height, view.lens.fx, view.lens.cx) == (30, 20, 30.0, 15.0)
+    assert view.camera.fx == 30.0 and view.camera.cx == pytest.approx(15.0 * view.camera.width / 30)
+    # per-frame distortion also counts, and zero distortion is a pinhole camera
+    frame[key] = -0.02
+    (view,) = read_transforms(ngp_json(tmp_path, [frame], fl_x=30.0, w=30, h=20))
+    assert view.lens is not None and view.lens.coeffs[index] == -0.02
+    frame[key] = 0.0
+    (view,) = read_transforms(ngp_json(tmp_path, [frame], fl_x=30.0, w=30, h=20))
+    assert view.lens is None and (view.camera.width, view.camera.height) == (30, 20)
+
+
+@pytest.mark.parametrize("top", [{"is_fisheye": True}, {"camera_model": "OPENCV_FISHEYE"}])
+def test_fisheye_keys(tmp_path: Path, top: dict) -> None:
+    write_png(tmp_path / "x.png", 30, 20, mode="RGB")
+    frame = {"file_path": "x.png", "transform_matrix": C2W_Z4}
+    (view,) = read_transforms(ngp_json(tmp_path, [frame], fl_x=30.0, w=30, h=20, k1=0.01, k2=0.002,
+                                       k3=-0.001, k4=0.0005, **top))
+    assert view.lens is not None and view.lens.kind == "fisheye"
+    assert view.lens.coeffs == (0.01, 0.002, -0.001, 0.0005)
+
+
+@pytest.mark.parametrize("top, message", [
+    ({"k4": 0.01}, r"k4=0\.01 on a perspective camera is not supported"),
+    ({"camera_model": "OPENCV", "k4": 0.01}, r"k4=0\.01 on a perspective camera"),
+    ({"is_fisheye": True, "p1": 0.01}, r"a fisheye camera has no tangential distortion, but p1=0\.01"),
+    ({"camera_model": "EQUIRECTANGULAR"}, r"camera_model 'EQUIRECTANGULAR' is not supported"),
+    ({"camera_model": "OPENCV", "is_fisheye": True}, r"camera_model OPENCV contradicts is_fisheye"),
+    ({"k1": "lots"}, r"k1 = 'lots' is not a number"),
+])
+def test_lens_errors_name_file_and_frame(tmp_path: Path, top: dict, message: str) -> None:
+    write_png(tmp_path / "x.png", 30, 20, mode="RGB")
+    js = ngp_json(tmp_path, [{"file_path": "x.png", "transform_matrix": C2W_Z4}], fl_x=30.0, w=30, h=20, **top)
+    with pytest.raises(TrsplatError, match=r"transforms\.json: frame 0 \(x\.png\): " + message):
         read_transforms(js)
-    # per-frame distortion also counts
-    frame[key] = -0.2
-    js = ngp_json(tmp_path, [frame], fl_x=30.0, w=30, h=20)
-    with pytest.raises(TrsplatError, match="x.png"):
+
+
+def test_nerfstudio_extras(tmp_path: Path) -> None:
+    from plyfile import PlyData, PlyElement
+
+    from trsplat.data.transforms import read_transforms_points
+
+    for i in range(2):
+        write_png(tmp_path / "images" / f"frame_{i:05d}.png", 30, 20, mode="RGB")
+    frames = [{"file_path": f"images/frame_{i:05d}.png", "transform_matrix": orbit_c2w(i)} for i in range(2)]
+    frames[1]["mask_path"] = "masks/frame_00001.png"
+    top = {"camera_model": "OPENCV", "fl_x": 30.0, "fl_y": 30.0, "cx": 15.0, "cy": 10.0, "w": 30, "h": 20,
+           "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0,
+           "applied_transform": [[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0]], "ply_file_path": "sparse_pc.ply"}
+    js = ngp_json(tmp_path, frames, **top)
+    with pytest.warns(UserWarning, match=r"1 frames have a mask_path .*alpha channel"):
+        views = read_transforms(js)
+    assert [v.lens for v in views] == [None, None]
+    with pytest.warns(UserWarning, match=r"sparse_pc\.ply does not exist; starting from random points"):
+        assert read_transforms_points(js) is None
+    pts = np.array([(0.5, -1.0, 2.0, 255, 0, 51), (1.0, 2.0, 3.0, 0, 255, 0)],
+                   dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    PlyData([PlyElement.describe(pts, "vertex")]).write(str(tmp_path / "sparse_pc.ply"))
+    xyz, rgb, ply = read_transforms_points(js)
+    assert ply == tmp_path / "sparse_pc.ply"
+    np.testing.assert_allclose(xyz, [[0.5, -1.0, 2.0], [1.0, 2.0, 3.0]])
+    np.testing.assert_allclose(rgb, [[1.0, 0.0, 0.2], [0.0, 1.0, 0.0]], atol=1e-7)
+    (tmp_path / "sparse_pc.ply").write_text("ply\nnonsense\n")
+    with pytest.raises(TrsplatError, match=r"sparse_pc\.ply: not a readable ply"):
+        read_transforms_points(js)
+    js = ngp_json(tmp_path, frames[:1], **{**top, "applied_transform": [[1, 0], [0, 1]]})
+    with pytest.raises(TrsplatError, match=r"transforms\.json: applied_transform must be a finite 3x4 or 4x4"):
         read_transforms(js)
+
+
+def test_repeated_frames(tmp_path: Path) -> None:
+    write_png(tmp_path / "a.png", 10, 10, mode="RGB")
+    write_png(tmp_path / "b.png", 10, 10, mode="RGB")
+    frames = [{"file_path": "a.png", "transform_matrix": C2W_Z4},
+              {"file_path": "b.png", "transform_matrix": orbit_c2w(1.0)},
+              {"file_path": "./a.png", "transform_matrix": C2W_Z4}]
+    with pytest.warns(UserWarning, match=r"transforms\.json: 1 repeated frames dropped .*a\.png"):
+        views = read_transforms(ngp_json(tmp_path, frames, camera_angle_x=0.9))
+    assert [v.camera.name for v in views] == ["a.png", "b.png"]
+    frames[2]["transform_matrix"] = orbit_c2w(2.0)
+    with pytest.raises(TrsplatError, match=r"transforms\.json: image .*a\.png appears twice"):
+        read_transforms(ngp_json(tmp_path, frames, camera_angle_x=0.9))
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])

@@ -11,11 +11,15 @@ Conventions (COLMAP's, which are also trsplat's, see :mod:`trsplat.camera`):
   INRIA 3DGS, which drops them and always uses ``W/2, H/2``; the renderer supports arbitrary
   ``cx, cy`` (see the conventions note, section 3). For the usual undistorted models the two
   agree to a fraction of a pixel.
-* Camera models: ``SIMPLE_PINHOLE`` and ``PINHOLE`` are used as they are. ``SIMPLE_RADIAL``,
-  ``RADIAL``, ``OPENCV`` and ``FULL_OPENCV`` are accepted only if every distortion coefficient is
-  exactly 0 (they are then pinhole cameras); otherwise, and for the fisheye models, loading stops
-  with a message telling the user to run ``colmap image_undistorter``. Unknown model ids/names
-  are errors.
+* Camera models: ``SIMPLE_PINHOLE`` and ``PINHOLE`` are used as they are, and so are
+  ``SIMPLE_RADIAL``, ``RADIAL``, ``OPENCV`` and ``FULL_OPENCV`` whose distortion coefficients are
+  all exactly 0. Those with distortion, and ``OPENCV_FISHEYE``, ``SIMPLE_RADIAL_FISHEYE`` and
+  ``RADIAL_FISHEYE``, get a :class:`~trsplat.data.undistort.Lens`: their images are undistorted
+  on load to the pinhole camera COLMAP's ``image_undistorter`` would choose
+  (:func:`~trsplat.data.undistort.pinhole_for`), and that pinhole camera (a new size and
+  principal point, the same focal lengths) is the view's camera. ``FOV`` and
+  ``THIN_PRISM_FISHEYE`` are refused with the ``colmap image_undistorter`` command to run.
+  Unknown model ids/names are errors.
 
 Binary layouts (little-endian, as written by COLMAP's ``Write*Binary``):
 
@@ -41,7 +45,8 @@ import numpy as np
 import torch
 
 from trsplat.camera import Camera
-from trsplat.data.images import ImageView
+from trsplat.data.images import ImageView, drop_repeated_views
+from trsplat.data.undistort import Lens, Pinhole, pinhole_for
 from trsplat.errors import TrsplatError
 
 #: COLMAP camera model id -> (name, number of parameters), from COLMAP's ``models.h``.
@@ -60,15 +65,20 @@ CAMERA_MODELS: dict[int, tuple[str, int]] = {
 }
 MODEL_PARAM_COUNTS: dict[str, int] = {name: n for name, n in CAMERA_MODELS.values()}
 
-#: Models that are pinhole when their distortion coefficients (params[n_pinhole:]) are all 0.
-#: Value: number of leading pinhole parameters (f, cx, cy) or (fx, fy, cx, cy).
-_PINHOLE_PREFIX: dict[str, int] = {
-    "SIMPLE_PINHOLE": 3,
-    "PINHOLE": 4,
-    "SIMPLE_RADIAL": 3,
-    "RADIAL": 3,
-    "OPENCV": 4,
-    "FULL_OPENCV": 4,
+#: Models trsplat can use: name -> (number of leading pinhole parameters, (f, cx, cy) or
+#: (fx, fy, cx, cy); lens kind; where each OpenCV coefficient comes from in the remaining
+#: parameters, None for 0). OpenCV's orders: perspective (k1, k2, p1, p2, k3, k4, k5, k6),
+#: fisheye (k1, k2, k3, k4); COLMAP's FULL_OPENCV and OPENCV_FISHEYE use the same orders.
+_MODELS: dict[str, tuple[int, str, tuple[int | None, ...]]] = {
+    "SIMPLE_PINHOLE": (3, "perspective", (None,) * 8),
+    "PINHOLE": (4, "perspective", (None,) * 8),
+    "SIMPLE_RADIAL": (3, "perspective", (0, None, None, None, None, None, None, None)),
+    "RADIAL": (3, "perspective", (0, 1, None, None, None, None, None, None)),
+    "OPENCV": (4, "perspective", (0, 1, 2, 3, None, None, None, None)),
+    "FULL_OPENCV": (4, "perspective", (0, 1, 2, 3, 4, 5, 6, 7)),
+    "OPENCV_FISHEYE": (4, "fisheye", (0, 1, 2, 3)),
+    "SIMPLE_RADIAL_FISHEYE": (3, "fisheye", (0, None, None, None)),
+    "RADIAL_FISHEYE": (3, "fisheye", (0, 1, None, None)),
 }
 
 _CAMERA_REC = struct.Struct("<iiQQ")  # camera_id, model_id, width, height
@@ -413,57 +423,66 @@ def qvec_to_rotmat(qvec: tuple[float, float, float, float] | np.ndarray) -> np.n
     )
 
 
-def pinhole_intrinsics(camera: ColmapCamera, source: Path | str = "cameras") -> tuple[float, float, float, float]:
-    """(fx, fy, cx, cy) in pixels of a pinhole(-reducible) COLMAP camera.
+def _undistort_hint() -> str:
+    return ("trsplat needs pinhole images or a camera model it can undistort: run `colmap "
+            "image_undistorter --image_path <images folder> --input_path <this sparse model folder> "
+            "--output_path <new folder>` and point trsplat at that new folder")
 
-    Distorted models with any non-zero coefficient and fisheye models raise TrsplatError with
-    instructions to run ``colmap image_undistorter``.
+
+def camera_model(camera: ColmapCamera, source: Path | str = "cameras") -> tuple[Pinhole, Lens | None]:
+    """The pinhole camera trsplat trains with for a COLMAP camera, and its lens.
+
+    Pinhole models, and distorted perspective models whose coefficients are all 0, give their
+    own intrinsics and no lens. Other supported models give the undistorted pinhole camera
+    (:func:`~trsplat.data.undistort.pinhole_for`) and the :class:`Lens` their images are
+    undistorted from. ``FOV`` and ``THIN_PRISM_FISHEYE`` raise TrsplatError with the
+    ``colmap image_undistorter`` command to run; so do invalid intrinsics or sizes.
     """
     model, p = camera.model, camera.params
-    undistort_hint = (
-        "trsplat needs undistorted pinhole images: run `colmap image_undistorter "
-        "--image_path <images folder> --input_path <this sparse model folder> "
-        "--output_path <new folder>` and point trsplat at that new folder"
-    )
-    if model not in _PINHOLE_PREFIX:
+    if model not in _MODELS:
         raise TrsplatError(
             f"{source}: camera {camera.camera_id} uses the {model} camera model, which trsplat "
-            f"does not support; {undistort_hint}"
+            f"cannot undistort; {_undistort_hint()}"
         )
-    n = _PINHOLE_PREFIX[model]
-    dist = p[n:]
-    if any(d != 0.0 for d in dist):
-        raise TrsplatError(
-            f"{source}: camera {camera.camera_id} uses the {model} model with non-zero distortion "
-            f"{tuple(dist)}; {undistort_hint}"
-        )
+    n, kind, where = _MODELS[model]
     if n == 3:
         fx = fy = p[0]
         cx, cy = p[1], p[2]
     else:
         fx, fy, cx, cy = p[:4]
-    values = (fx, fy, cx, cy)
+    values = (fx, fy, cx, cy, *p[n:])
     if not all(math.isfinite(v) for v in values) or fx <= 0 or fy <= 0:
         raise TrsplatError(
             f"{source}: camera {camera.camera_id} has invalid intrinsics "
-            f"fx={fx} fy={fy} cx={cx} cy={cy}"
+            f"fx={fx} fy={fy} cx={cx} cy={cy} (params {tuple(p)})"
         )
     if camera.width <= 0 or camera.height <= 0:
         raise TrsplatError(
             f"{source}: camera {camera.camera_id} has invalid size {camera.width}x{camera.height}"
         )
-    return float(fx), float(fy), float(cx), float(cy)
+    coeffs = tuple(0.0 if i is None else float(p[n + i]) for i in where)
+    lens = Lens(model, kind, int(camera.width), int(camera.height),  # type: ignore[arg-type]
+                float(fx), float(fy), float(cx), float(cy), coeffs)
+    if lens.is_identity:
+        return Pinhole(lens.width, lens.height, lens.fx, lens.fy, lens.cx, lens.cy), None
+    return pinhole_for(lens, f"{source}: camera {camera.camera_id}"), lens
 
 
-def image_camera(model: ColmapModel, image: ColmapImage) -> Camera:
-    """The trsplat :class:`Camera` of one registered image (native resolution)."""
+def pinhole_intrinsics(camera: ColmapCamera, source: Path | str = "cameras") -> tuple[float, float, float, float]:
+    """(fx, fy, cx, cy) in pixels of the pinhole camera trsplat trains with (see :func:`camera_model`;
+    for a distorted camera these are the undistorted camera's, whose size also differs)."""
+    pin, _ = camera_model(camera, source)
+    return pin.fx, pin.fy, pin.cx, pin.cy
+
+
+def _image_view(model: ColmapModel, image: ColmapImage, images_dir: Path) -> ImageView:
     cam = model.cameras.get(image.camera_id)
     if cam is None:
         raise TrsplatError(
             f"{model.images_file}: image {image.name!r} refers to camera {image.camera_id}, "
             f"which is not in {model.cameras_file.name}"
         )
-    fx, fy, cx, cy = pinhole_intrinsics(cam, model.cameras_file)
+    pin, lens = camera_model(cam, model.cameras_file)
     if not all(math.isfinite(v) for v in (*image.qvec, *image.tvec)):
         raise TrsplatError(
             f"{model.images_file}: image {image.name!r} has a NaN or infinite pose "
@@ -476,16 +495,23 @@ def image_camera(model: ColmapModel, image: ColmapImage) -> Camera:
     w2c = np.eye(4)
     w2c[:3, :3] = rot
     w2c[:3, 3] = image.tvec
-    return Camera(
-        width=cam.width,
-        height=cam.height,
-        fx=fx,
-        fy=fy,
-        cx=cx,
-        cy=cy,
+    camera = Camera(
+        width=pin.width,
+        height=pin.height,
+        fx=pin.fx,
+        fy=pin.fy,
+        cx=pin.cx,
+        cy=pin.cy,
         world_to_camera=torch.from_numpy(w2c).float(),
         name=image.name,
     )
+    return ImageView(camera, images_dir / image.name, lens)
+
+
+def image_camera(model: ColmapModel, image: ColmapImage) -> Camera:
+    """The trsplat :class:`Camera` of one registered image: its native pinhole camera, or for a
+    distorted camera model the undistorted pinhole camera (see :func:`camera_model`)."""
+    return _image_view(model, image, Path(".")).camera
 
 
 def find_images_dir(scene_dir: str | Path, model_dir: str | Path) -> Path:
@@ -504,13 +530,15 @@ def find_images_dir(scene_dir: str | Path, model_dir: str | Path) -> Path:
 
 
 def colmap_views(model: ColmapModel, images_dir: str | Path) -> list[ImageView]:
-    """One :class:`ImageView` per registered image, sorted by image name.
+    """One :class:`ImageView` per registered image, sorted by image name (with the lens of
+    distorted camera models).
 
-    Raises TrsplatError if any registered image file is missing from ``images_dir``.
+    Raises TrsplatError if any registered image file is missing from ``images_dir``. An image
+    registered twice is kept once (with a warning) if both entries agree, refused otherwise.
     """
     images_dir = Path(images_dir)
     views = [
-        ImageView(image_camera(model, img), images_dir / img.name)
+        _image_view(model, img, images_dir)
         for img in sorted(model.images.values(), key=lambda im: im.name)
     ]
     missing = [v.image_path for v in views if not v.image_path.is_file()]
@@ -519,4 +547,4 @@ def colmap_views(model: ColmapModel, images_dir: str | Path) -> list[ImageView]:
             f"{images_dir}: {len(missing)} of {len(views)} images registered in "
             f"{model.images_file.name} are missing (first: {missing[0].name})"
         )
-    return views
+    return drop_repeated_views(views, model.images_file)

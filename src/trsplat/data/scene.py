@@ -9,8 +9,14 @@ Formats, detected in this order from the folder given:
 2. **NeRF-synthetic / Blender**: ``transforms_train.json`` (+ ``transforms_test.json`` as the test
    split; if that file is absent the llffhold rule is applied to the train frames).
    ``transforms_val.json`` is never used. No point cloud (random init).
-3. **instant-ngp**: ``transforms.json`` (a path to a ``.json`` file is also accepted); llffhold
-   split. No point cloud (random init).
+3. **instant-ngp or nerfstudio** (format name ``"ngp"``): ``transforms.json`` (a path to a
+   ``.json`` file is also accepted); llffhold split by image name. The point cloud is
+   nerfstudio's ``ply_file_path`` if the file names one, else none (random init).
+
+Distorted cameras (see :mod:`trsplat.data.undistort`) are undistorted on load, through a cache
+in the capture folder (:mod:`trsplat.data.cache`). A capture with a single training view loads
+with a warning; the other checks are the readers' and :func:`trsplat.data.images.load_views`'s
+(docs/captures.md lists them).
 
 ``llffhold = 0`` disables the hold-out (every view trains, the test list is empty).
 ``max_test_views = m`` keeps ``m`` evenly spaced test views: indices
@@ -30,9 +36,11 @@ import numpy as np
 import torch
 
 from trsplat.camera import Camera
+from trsplat.data.cache import UndistortCache
 from trsplat.data.colmap import colmap_views, find_images_dir, find_model_dir, read_model
 from trsplat.data.images import ImageView, check_downscale, load_views, parse_background
-from trsplat.data.transforms import read_transforms
+from trsplat.data.notices import warn
+from trsplat.data.transforms import read_transforms, read_transforms_points
 from trsplat.errors import TrsplatError
 from trsplat.gaussians import Gaussians, init_from_points
 
@@ -60,7 +68,8 @@ class Scene:
         source: the folder (or JSON file) it was loaded from.
         train, test: the frames of each split.
         points: (P, 3) float32 SfM points (P may be 0 for a COLMAP model without points), or
-            None for datasets that have no point cloud (Blender, instant-ngp).
+            None for datasets that have no point cloud (Blender, a transforms.json without
+            nerfstudio's ply_file_path).
         point_colors: (P, 3) float32 in [0, 1], or None with ``points``.
         extent: 3DGS "cameras_extent": 1.1 x the largest distance of a train camera centre from
             the mean train camera centre (world units); 1.0 if that is 0 (a single camera).
@@ -199,14 +208,24 @@ def load_scene(
         views = sorted(read_transforms(location), key=lambda v: v.camera.name)
         train_v, test_v = split_llffhold(views, int(llffhold))
         where = str(location)
+        cloud = read_transforms_points(location)
+        if cloud is not None:
+            points = torch.from_numpy(np.ascontiguousarray(cloud[0], dtype=np.float32))
+            colors = torch.from_numpy(np.ascontiguousarray(cloud[1], dtype=np.float32))
+            points_file = cloud[2]
     if not train_v:
         raise TrsplatError(f"{where}: the train split is empty (llffhold={llffhold})")
+    if len(train_v) == 1:
+        warn(f"{where}: only 1 training view ({train_v[0].camera.name}); a 3D model needs several "
+             f"views of the scene (llffhold={llffhold})")
     test_v = evenly_spaced(test_v, max_test_views)
 
-    loaded = load_views(train_v + test_v, downscale=downscale, background=bg, workers=workers)
+    scene_dir = source if source.is_dir() else source.parent
+    cache = UndistortCache(location.parent if fmt == "ngp" else scene_dir)
+    loaded = load_views(train_v + test_v, downscale=downscale, background=bg, workers=workers,
+                        cache=cache)
     frames = [Frame(cam, img) for cam, img in loaded]
     train, test = frames[: len(train_v)], frames[len(train_v):]
-    scene_dir = source if source.is_dir() else source.parent
     return Scene(
         name=scene_dir.resolve().name,
         source=source,

@@ -1,27 +1,39 @@
-"""NeRF-synthetic (Blender) ``transforms_{train,test}.json`` and instant-ngp ``transforms.json``.
+"""NeRF-synthetic (Blender) ``transforms_{train,test}.json`` and the ``transforms.json`` of
+instant-ngp and nerfstudio (Polycam, Record3D and ``ns-process-data`` write the latter).
 
-Both formats store one camera-to-world ``transform_matrix`` per frame in OpenGL/Blender axes
-(x right, y up, camera looking down -z). As INRIA 3DGS does, columns 1 and 2 of the rotation are
-negated (OpenGL -> OpenCV axes) and the matrix is inverted (float64) to give the
-``world_to_camera`` of :class:`~trsplat.camera.Camera`. A 3x4 matrix is accepted (last row
-0 0 0 1 implied).
+All store one camera-to-world ``transform_matrix`` per frame in OpenGL/Blender axes (x right,
+y up, camera looking down -z). As INRIA 3DGS does, columns 1 and 2 of the rotation are negated
+(OpenGL -> OpenCV axes) and the matrix is inverted (float64) to give the ``world_to_camera`` of
+:class:`~trsplat.camera.Camera`. A 3x4 matrix is accepted (last row 0 0 0 1 implied).
 
-Intrinsics, per frame, from the frame's own keys overriding the top-level keys (instant-ngp
-allows either place; a frame's own ``camera_angle_x|y`` also overrides an inherited
+Intrinsics, per frame, from the frame's own keys overriding the top-level keys (instant-ngp and
+nerfstudio allow either place; a frame's own ``camera_angle_x|y`` also overrides an inherited
 ``fl_x|y``):
 
 * ``w``, ``h``: image size; if absent, read from the image file's header.
 * ``fl_x`` (else ``0.5 * w / tan(camera_angle_x / 2)``); ``fl_y`` (else from ``camera_angle_y``
   likewise with ``h``, else ``fl_x``).
 * ``cx``, ``cy`` (else ``w / 2``, ``h / 2``), COLMAP's continuous pixel convention, which is what
-  instant-ngp's ``colmap2nerf.py`` writes.
-* Distortion ``k1 k2 k3 k4 p1 p2``: if any is non-zero (or ``is_fisheye`` is set) the frame is
-  refused with a TrsplatError: trsplat does not undistort images. Undistort with COLMAP first.
+  instant-ngp's ``colmap2nerf.py`` and nerfstudio write.
+* Lens: ``camera_model`` (nerfstudio) ``OPENCV`` (also ``PINHOLE``, ``SIMPLE_PINHOLE``) is
+  perspective and ``OPENCV_FISHEYE`` is fisheye; without it (instant-ngp) ``is_fisheye``
+  decides. Perspective frames use ``k1 k2 p1 p2 k3`` as OpenCV does (nerfstudio's meaning of
+  ``k3``); a non-zero ``k4`` is refused (nerfstudio reads it as an r^8 term, instant-ngp ignores
+  it, OpenCV has no such term). Fisheye frames use ``k1 k2 k3 k4``; non-zero ``p1 p2`` are
+  refused. Other camera models (``EQUIRECTANGULAR``, ...) are refused. A frame with distortion
+  gets a :class:`~trsplat.data.undistort.Lens` and the undistorted pinhole camera.
+
+nerfstudio extras: ``applied_transform`` (the transform nerfstudio applied to COLMAP's world to
+get the file's poses and point cloud) is checked but not applied again, since the poses and
+``ply_file_path`` already share the file's world; ``ply_file_path`` gives the SfM points
+(:func:`read_transforms_points`); ``mask_path`` is ignored with a warning (put the mask in the
+image's alpha channel instead).
 
 ``file_path`` is relative to the JSON file's folder (or absolute) and is tried as written, then
 with ``.png``, ``.jpg``, ``.jpeg`` appended (NeRF-synthetic omits the extension). Frames whose
 image file is missing are skipped with a single warning that counts them; if every frame is
-missing the file is refused. ``transforms_val.json`` is never read.
+missing the file is refused. Frames repeating an image are dropped with a warning if they agree
+and refused if not. ``transforms_val.json`` is never read.
 """
 
 from __future__ import annotations
@@ -36,12 +48,16 @@ import numpy as np
 import torch
 
 from trsplat.camera import Camera
-from trsplat.data.images import ImageView, read_image_size
+from trsplat.data.images import ImageView, drop_repeated_views, read_image_size
+from trsplat.data.notices import warn
+from trsplat.data.undistort import Lens, pinhole_for
 from trsplat.errors import TrsplatError
 
 _EXTENSIONS = ("", ".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 _INTRINSIC_KEYS = ("w", "h", "fl_x", "fl_y", "cx", "cy", "camera_angle_x", "camera_angle_y",
-                   "k1", "k2", "k3", "k4", "p1", "p2", "is_fisheye")
+                   "k1", "k2", "k3", "k4", "p1", "p2", "is_fisheye", "camera_model")
+_PERSPECTIVE_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE")
+_FISHEYE_MODELS = ("OPENCV_FISHEYE",)
 _DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
 
 
@@ -95,22 +111,51 @@ def _size_value(value: Any, what: str, where: str) -> int:
     return int(round(v))
 
 
+def _frame_lens(merged: dict[str, Any], w: int, h: int, intrinsics: tuple[float, float, float, float],
+                where: str) -> Lens | None:
+    """The lens of one frame, or None if it is a pinhole camera (see the module docstring)."""
+    k = {key: _number(merged[key], key, where) if key in merged else 0.0 for key in _DISTORTION_KEYS}
+    fisheye_flag = bool(merged.get("is_fisheye", False))
+    if "camera_model" in merged:
+        model = str(merged["camera_model"]).upper()
+        if model in _FISHEYE_MODELS:
+            fisheye = True
+        elif model in _PERSPECTIVE_MODELS:
+            fisheye = False
+            if fisheye_flag:
+                raise TrsplatError(f"{where}: camera_model {model} contradicts is_fisheye = true")
+        else:
+            raise TrsplatError(
+                f"{where}: camera_model {merged['camera_model']!r} is not supported (trsplat reads "
+                f"{', '.join(_PERSPECTIVE_MODELS + _FISHEYE_MODELS)} cameras)"
+            )
+    else:
+        fisheye = fisheye_flag
+    fx, fy, cx, cy = intrinsics
+    if fisheye:
+        tangential = {key: k[key] for key in ("p1", "p2") if k[key] != 0.0}
+        if tangential:
+            raise TrsplatError(
+                f"{where}: a fisheye camera has no tangential distortion, but "
+                + ", ".join(f"{key}={v}" for key, v in tangential.items()) + " is set"
+            )
+        return Lens("OPENCV_FISHEYE", "fisheye", w, h, fx, fy, cx, cy,
+                    (k["k1"], k["k2"], k["k3"], k["k4"]))
+    if k["k4"] != 0.0:
+        raise TrsplatError(
+            f"{where}: k4={k['k4']} on a perspective camera is not supported (nerfstudio reads it as "
+            f"an r^8 radial term, instant-ngp ignores it, OpenCV has no such term); perspective "
+            f"cameras take k1 k2 k3 p1 p2"
+        )
+    lens = Lens("OPENCV", "perspective", w, h, fx, fy, cx, cy,
+                (k["k1"], k["k2"], k["p1"], k["p2"], k["k3"], 0.0, 0.0, 0.0))
+    return None if lens.is_identity else lens
+
+
 def _frame_camera(
     merged: dict[str, Any], c2w_raw: Any, image_path: Path, name: str, where: str
-) -> Camera:
-    """Build the native-resolution camera of one frame (see the module docstring)."""
-    # distortion: refuse rather than silently train on distorted images
-    nonzero = {k: merged[k] for k in _DISTORTION_KEYS if k in merged
-               and _number(merged[k], k, where) != 0.0}
-    if nonzero or merged.get("is_fisheye"):
-        what = "is_fisheye is set" if merged.get("is_fisheye") else (
-            "non-zero distortion " + ", ".join(f"{k}={v}" for k, v in nonzero.items()))
-        raise TrsplatError(
-            f"{where}: {what}; trsplat does not undistort images. Undistort them first (e.g. "
-            f"`colmap image_undistorter --image_path ... --input_path ... --output_path ...`) "
-            f"and point trsplat at the undistorted COLMAP folder"
-        )
-
+) -> tuple[Camera, Lens | None]:
+    """The camera trsplat trains with for one frame, and its lens (see the module docstring)."""
     if "w" in merged and "h" in merged:
         w = _size_value(merged["w"], "w", where)
         h = _size_value(merged["h"], "h", where)
@@ -156,8 +201,13 @@ def _frame_camera(
         w2c = np.full((4, 4), np.nan)
     if not np.isfinite(w2c).all() or abs(np.linalg.det(c2w[:3, :3])) < 1e-12:
         raise TrsplatError(f"{where}: transform_matrix is singular")
-    return Camera(width=w, height=h, fx=fx, fy=fy, cx=cx, cy=cy,
-                  world_to_camera=torch.from_numpy(w2c).float(), name=name)
+    lens = _frame_lens(merged, w, h, (fx, fy, cx, cy), where)
+    if lens is not None:
+        pin = pinhole_for(lens, where)
+        w, h, fx, fy, cx, cy = pin.width, pin.height, pin.fx, pin.fy, pin.cx, pin.cy
+    camera = Camera(width=w, height=h, fx=fx, fy=fy, cx=cx, cy=cy,
+                    world_to_camera=torch.from_numpy(w2c).float(), name=name)
+    return camera, lens
 
 
 def read_transforms(path: str | Path) -> list[ImageView]:
@@ -174,8 +224,10 @@ def read_transforms(path: str | Path) -> list[ImageView]:
     frames = data["frames"]
     if not frames:
         raise TrsplatError(f"{path}: has no frames")
+    _check_applied_transform(data, path)
     views: list[ImageView] = []
     missing: list[Path] = []
+    masked: list[int] = []
     for index, frame in enumerate(frames):
         if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
             raise TrsplatError(f"{path}: frame {index} lacks file_path or transform_matrix")
@@ -195,8 +247,10 @@ def read_transforms(path: str | Path) -> list[ImageView]:
             name = image_path.relative_to(base).as_posix()
         except ValueError:
             name = image_path.as_posix()
-        camera = _frame_camera(merged, frame["transform_matrix"], image_path, name, where)
-        views.append(ImageView(camera, image_path))
+        camera, lens = _frame_camera(merged, frame["transform_matrix"], image_path, name, where)
+        views.append(ImageView(camera, image_path, lens))
+        if "mask_path" in frame:
+            masked.append(index)
     if not views:
         raise TrsplatError(
             f"{path}: none of the {len(frames)} frames has an image file "
@@ -208,4 +262,57 @@ def read_transforms(path: str | Path) -> list[ImageView]:
             f"(first: {missing[0]})",
             stacklevel=2,
         )
-    return views
+    if masked:
+        warn(f"{path}: {len(masked)} frames have a mask_path (first: frame {masked[0]}); masks are "
+             f"not used: put the mask in the image's alpha channel instead")
+    return drop_repeated_views(views, path)
+
+
+def _check_applied_transform(data: dict[str, Any], path: Path) -> None:
+    """nerfstudio's ``applied_transform`` must be a finite 3x4 or 4x4 matrix (it is not applied)."""
+    if "applied_transform" not in data:
+        return
+    try:
+        m = np.asarray(data["applied_transform"], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TrsplatError(f"{path}: applied_transform is not a matrix of numbers") from None
+    if m.shape not in ((3, 4), (4, 4)) or not np.isfinite(m).all():
+        raise TrsplatError(f"{path}: applied_transform must be a finite 3x4 or 4x4 matrix, got shape {m.shape}")
+
+
+def read_transforms_points(path: str | Path) -> tuple[np.ndarray, np.ndarray, Path] | None:
+    """The SfM point cloud of a nerfstudio ``transforms.json`` (its ``ply_file_path``):
+    ``(xyz (P, 3) float32, rgb (P, 3) float32 in [0, 1], ply path)``, or None if the file names no
+    point cloud. A named but missing file warns and gives None (random initialisation); a ply
+    without x, y, z vertices is an error. Colours default to 0.5 grey when the ply has none.
+    """
+    path = Path(path)
+    data = _load_json(path)
+    if "ply_file_path" not in data:
+        return None
+    ply = Path(str(data["ply_file_path"]))
+    if not ply.is_absolute():
+        ply = path.parent / ply
+    if not ply.is_file():
+        warn(f"{path}: ply_file_path {ply} does not exist; starting from random points")
+        return None
+    from plyfile import PlyData, PlyParseError
+
+    try:
+        vertex = PlyData.read(str(ply))["vertex"]
+        names = vertex.data.dtype.names or ()
+        if not {"x", "y", "z"} <= set(names):
+            raise TrsplatError(f"{ply}: the ply's vertices have no x, y, z")
+        xyz = np.stack([np.asarray(vertex[c], dtype=np.float32) for c in ("x", "y", "z")], axis=1)
+        if {"red", "green", "blue"} <= set(names):
+            rgb = np.stack([np.asarray(vertex[c], dtype=np.float32) for c in ("red", "green", "blue")], axis=1)
+            rgb = np.clip(rgb / np.float32(255.0), 0.0, 1.0)
+        else:
+            rgb = np.full_like(xyz, 0.5)
+    except TrsplatError:
+        raise
+    except (PlyParseError, KeyError, ValueError, OSError, EOFError) as exc:
+        raise TrsplatError(f"{ply}: not a readable ply point cloud ({exc})") from None
+    if not np.isfinite(xyz).all():
+        raise TrsplatError(f"{ply}: {int((~np.isfinite(xyz)).any(axis=1).sum())} points have NaN or infinite coordinates")
+    return xyz.reshape(-1, 3), rgb.reshape(-1, 3), ply
