@@ -378,7 +378,7 @@ def test_cache_second_load_reads_the_cache(tmp_path: Path, monkeypatch) -> None:
     record = json.loads((folders[0] / "cameras.json").read_text())
     assert record["distorted"]["model"] == "OPENCV" and record["pinhole"]["width"] == first.train[0].camera.width
     cached = sorted(p.name for p in (folders[0] / "images").iterdir())
-    assert len(cached) == 3 and all(n.startswith("img_") and n.endswith(".png") for n in cached)
+    assert len(cached) == 3 and all(n.startswith("img_") and n.endswith(".npy") for n in cached)
     assert not list(folders[0].rglob("*.tmp"))
     second = load_scene(tmp_path, llffhold=0, downscale=2)
     assert calls[0] == 3  # nothing undistorted again
@@ -409,7 +409,7 @@ def test_cache_falls_back_to_user_cache_when_capture_is_read_only(tmp_path: Path
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     scene = load_scene(capture, llffhold=0)
     assert not (capture / ".trsplat_cache").exists()
-    found = list((tmp_path / "xdg" / "trsplat" / "captures").glob("capture-*/undistorted-*/images/img_0.png.*.png"))
+    found = list((tmp_path / "xdg" / "trsplat" / "captures").glob("capture-*/undistorted-*/images/img_0.png.*.npy"))
     assert len(found) == 1
     assert cache_mod.user_cache_dir() == tmp_path / "xdg" / "trsplat"
     monkeypatch.delenv("XDG_CACHE_HOME")

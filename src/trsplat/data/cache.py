@@ -6,8 +6,11 @@ Layout (docs/captures.md):
   (one :class:`~trsplat.data.undistort.Lens`) resampled into its pinhole camera, and
   ``cameras.json`` (the lens, the pinhole camera and the resampling, for the record). The lens key
   hashes the lens, the pinhole camera, the resampling method and :data:`FORMAT_VERSION`.
-* Each image is ``<its path inside the capture>.<file key>.png``; the file key hashes the source
-  file's resolved path, size and modification time, so an edited image is undistorted again.
+* Each image is ``<its path inside the capture>.<file key>.npy``: the undistorted pixels as a raw
+  numpy array (uint8 or uint16, as decoded), which loads ~10x faster than a PNG and 5x faster
+  than the JPEG it came from, at the cost of disk space (height x width x channels bytes, 6 MB
+  for a 1080x1920 RGB image). The file key hashes the source file's resolved path, size and
+  modification time, so an edited image is undistorted again. An unreadable entry is remade.
 * If the capture folder cannot be written, the same layout lives in
   ``$XDG_CACHE_HOME/trsplat/captures/<capture name>-<hash of its path>/`` (``~/.cache`` when
   ``XDG_CACHE_HOME`` is unset).
@@ -32,7 +35,7 @@ from trsplat.io_utils import atomic_write, write_json
 
 CACHE_DIRNAME = ".trsplat_cache"
 #: Bump when the cached images would change for the same inputs.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def _digest(text: str, n: int) -> str:
@@ -108,7 +111,7 @@ class UndistortCache:
             rel = source.relative_to(self.capture_dir)
         except ValueError:
             rel = Path("_outside") / source.name
-        return self.folder(lens, pinhole) / rel.parent / f"{rel.name}.{key}.png"
+        return self.folder(lens, pinhole) / rel.parent / f"{rel.name}.{key}.npy"
 
     @staticmethod
     def write(path: Path, data: bytes) -> None:

@@ -33,6 +33,7 @@ disagrees with the camera) raises :class:`~trsplat.errors.TrsplatError` naming t
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -189,7 +190,7 @@ def _is_deep_colour(im: Image.Image) -> bool:
     """True for a 16-bit colour image, which PIL would decode truncated to 8 bits (check before load)."""
     if im.mode not in ("RGB", "RGBA"):
         return False
-    for tile in im.tile:
+    for tile in getattr(im, "tile", None) or ():
         args = tile[3] if len(tile) > 3 else None
         raw = args[0] if isinstance(args, tuple) and args else args
         if isinstance(raw, str) and ";16" in raw:
@@ -243,6 +244,62 @@ def _composite_float(arr: np.ndarray, background: Background) -> np.ndarray:
     return arr[:, :, :3] * alpha + bg * (np.float32(1.0) - alpha)
 
 
+def _from_deep(arr16: np.ndarray, background: Background, target: tuple[int, int]) -> torch.Tensor:
+    """uint16 (H, W, 3|4) RGB(A) -> float32 (th, tw, 3) in [0, 1], composited and BOX-resized."""
+    h, w = arr16.shape[:2]
+    arr = arr16.astype(np.float32) * np.float32(1.0 / 65535.0)
+    if arr.shape[2] == 4:
+        arr = _composite_float(arr, background)
+    if tuple(target) != (w, h):
+        arr = _resize_box(arr, target[0], target[1])
+    return torch.from_numpy(np.ascontiguousarray(np.clip(arr, 0.0, 1.0), dtype=np.float32))
+
+
+def _target(path: Path, w: int, h: int, target: tuple[int, int] | None) -> tuple[int, int]:
+    tw, th = (w, h) if target is None else (int(target[0]), int(target[1]))
+    if tw > w or th > h:
+        raise TrsplatError(f"{path}: image is {w}x{h}, cannot downscale it to {tw}x{th}")
+    return tw, th
+
+
+def _convert(
+    im: Image.Image,
+    path: Path,
+    background: Background,
+    expected: tuple[int, int] | None,
+    target: tuple[int, int] | None,
+    label: str,
+) -> tuple[torch.Tensor, ImageInfo]:
+    """The body of :func:`_read` for an opened (not yet loaded) PIL image."""
+    op = _fit(im, path, expected, label)
+    w, h = im.size if op is None else (im.size[1], im.size[0])
+    tw, th = _target(path, w, h, target)
+    if _is_deep_colour(im):
+        return _from_deep(_decode_deep_colour(path, op), background, (tw, th)), ImageInfo(False, True)
+    im.load()
+    info = ImageInfo(grey=_is_grey(im), deep=im.mode.startswith("I;16") or im.mode in ("I", "F"))
+    if op is not None:
+        im = im.transpose(op)
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        scale = 1.0 if im.mode == "F" else 1.0 / 65535.0
+        gray = np.clip(np.asarray(im).astype(np.float32) * np.float32(scale), 0.0, 1.0)
+        arr = np.repeat(gray[:, :, None], 3, axis=2)
+        if (tw, th) != (w, h):
+            arr = _resize_box(arr, tw, th)
+        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)), info
+    rgb = _to_rgb8(im, background)
+    if (tw, th) == (w, h):
+        arr = np.asarray(rgb, dtype=np.uint8).astype(np.float32)
+    else:  # resize each channel in float32 (PIL "F"): one rounding-free pass
+        arr = np.stack(
+            [np.asarray(c.convert("F").resize((tw, th), Image.Resampling.BOX))
+             for c in rgb.split()],
+            axis=2,
+        )
+    arr /= np.float32(255.0)
+    return torch.from_numpy(np.clip(arr, 0.0, 1.0, out=arr)), info
+
+
 def _read(
     path: Path,
     background: Background,
@@ -260,54 +317,38 @@ def _read(
     """
     try:
         with Image.open(path) as im:
-            op = _fit(im, path, expected, label)
-            w, h = im.size if op is None else (im.size[1], im.size[0])
-            tw, th = (w, h) if target is None else (int(target[0]), int(target[1]))
-            if tw > w or th > h:
-                raise TrsplatError(f"{path}: image is {w}x{h}, cannot downscale it to {tw}x{th}")
-            if _is_deep_colour(im):
-                arr16 = _decode_deep_colour(path, op)
-                arr = arr16.astype(np.float32) * np.float32(1.0 / 65535.0)
-                if arr.shape[2] == 4:
-                    arr = _composite_float(arr, background)
-                if (tw, th) != (w, h):
-                    arr = _resize_box(arr, tw, th)
-                arr = np.clip(arr, 0.0, 1.0)
-                return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)), ImageInfo(False, True)
-            im.load()
-            info = ImageInfo(grey=_is_grey(im), deep=im.mode.startswith("I;16") or im.mode in ("I", "F"))
-            if op is not None:
-                im = im.transpose(op)
-            if im.mode.startswith("I;16") or im.mode in ("I", "F"):
-                scale = 1.0 if im.mode == "F" else 1.0 / 65535.0
-                gray = np.clip(np.asarray(im).astype(np.float32) * np.float32(scale), 0.0, 1.0)
-                arr = np.repeat(gray[:, :, None], 3, axis=2)
-                if (tw, th) != (w, h):
-                    arr = _resize_box(arr, tw, th)
-                return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)), info
-            rgb = _to_rgb8(im, background)
-            if (tw, th) == (w, h):
-                arr = np.asarray(rgb, dtype=np.uint8).astype(np.float32)
-            else:  # resize each channel in float32 (PIL "F"): one rounding-free pass
-                arr = np.stack(
-                    [np.asarray(c.convert("F").resize((tw, th), Image.Resampling.BOX))
-                     for c in rgb.split()],
-                    axis=2,
-                )
+            return _convert(im, path, background, expected, target, label)
     except TrsplatError:
         raise
     except FileNotFoundError:
         raise TrsplatError(f"{path}: image file not found") from None
     except _PIL_ERRORS as exc:
         raise _unreadable(path, exc) from None
-    arr /= np.float32(255.0)
-    return torch.from_numpy(np.clip(arr, 0.0, 1.0, out=arr)), info
+
+
+def _read_array(
+    arr: np.ndarray,
+    path: Path,
+    background: Background,
+    expected: tuple[int, int],
+    target: tuple[int, int],
+    label: str = "",
+) -> tuple[torch.Tensor, ImageInfo]:
+    """:func:`_read` for an array as :func:`decode_for_undistortion` makes it: the same result as
+    reading a PNG that holds it. ``path`` is the source file, for messages."""
+    h, w = arr.shape[:2]
+    if (w, h) != tuple(expected):
+        raise TrsplatError(f"{path}: undistorted image is {w}x{h} pixels but its camera{label} is "
+                           f"{expected[0]}x{expected[1]} (WxH)")
+    if arr.dtype == np.uint16 and arr.ndim == 3:
+        return _from_deep(arr, background, _target(path, w, h, target)), ImageInfo(False, True)
+    return _convert(Image.fromarray(arr), path, background, expected, target, label)
 
 
 def decode_for_undistortion(path: Path, expected: tuple[int, int], label: str = "") -> np.ndarray:
-    """Decode ``path`` to an array that can be resampled and stored losslessly as PNG: uint8 or
-    uint16, (H, W) grey, (H, W, 3) RGB or (H, W, 4) straight RGBA; oriented and size-checked as
-    in :func:`_read`. Float images become uint16 (``round(clip(v, 0, 1) * 65535)``)."""
+    """Decode ``path`` to an array that can be resampled and cached losslessly: uint8 or uint16,
+    (H, W) grey, (H, W, 3) RGB or (H, W, 4) straight RGBA; oriented and size-checked as in
+    :func:`_read`. Float images become uint16 (``round(clip(v, 0, 1) * 65535)``)."""
     try:
         with Image.open(path) as im:
             op = _fit(im, path, expected, label)
@@ -337,29 +378,36 @@ def decode_for_undistortion(path: Path, expected: tuple[int, int], label: str = 
         raise _unreadable(path, exc) from None
 
 
-def undistorted_file(view: ImageView, cache: UndistortCache) -> Path:
-    """The cached undistorted image of ``view`` (a view with a lens), made on first use."""
-    import cv2
+def _load_cached(path: Path) -> np.ndarray | None:
+    """The array in a cache file, or None if it is missing or unreadable (then it is remade)."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    return arr if arr.dtype in (np.uint8, np.uint16) and arr.ndim in (2, 3) else None
 
+
+def undistorted_array(view: ImageView, cache: UndistortCache) -> np.ndarray:
+    """The undistorted image of ``view`` (a view with a lens), from the cache or made and cached:
+    uint8 or uint16, (H, W) or (H, W, 3|4), at the pinhole camera's size."""
     lens = view.lens
     assert lens is not None
     pinhole = pinhole_for(lens)
     target = cache.image_path(lens, pinhole, view.image_path)
     if target.is_file():
-        return target
+        cached = _load_cached(target)
+        if cached is not None and cached.shape[:2] == (pinhole.height, pinhole.width):
+            return cached
     label = f" {view.camera.name!r}" if view.camera.name else ""
     arr = decode_for_undistortion(view.image_path, (lens.width, lens.height), label)
-    out = undistort_array(arr, lens, pinhole)
-    if out.ndim == 3:  # OpenCV writes BGR(A)
-        out = out[:, :, [2, 1, 0]] if out.shape[2] == 3 else out[:, :, [2, 1, 0, 3]]
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(out), [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise TrsplatError(f"{view.image_path}: could not encode its undistorted image")
+    out = np.ascontiguousarray(undistort_array(arr, lens, pinhole))
+    buffer = io.BytesIO()
+    np.save(buffer, out, allow_pickle=False)
     try:
-        cache.write(target, data.tobytes())
-    except OSError as exc:
-        raise TrsplatError(f"{target}: cannot write the undistorted image ({exc.strerror or exc})") from None
-    return target
+        cache.write(target, buffer.getvalue())
+    except (OSError, TrsplatError) as exc:  # a cache that cannot be written costs time, not the run
+        warn(f"{target}: cannot cache the undistorted image ({exc}); it is undistorted again next time")
+    return out
 
 
 def load_image(
@@ -382,10 +430,12 @@ def _load_view(
     cam = view.camera
     label = f" {cam.name!r}" if cam.name else ""
     out = cam if downscale == 1.0 else cam.scaled(1.0 / downscale)
-    path = view.image_path
-    if view.lens is not None:
-        path = undistorted_file(view, cache or UndistortCache(view.image_path.parent))
-    image, info = _read(path, background, (cam.width, cam.height), (out.width, out.height), label)
+    size, target = (cam.width, cam.height), (out.width, out.height)
+    if view.lens is None:
+        image, info = _read(view.image_path, background, size, target, label)
+    else:
+        arr = undistorted_array(view, cache or UndistortCache(view.image_path.parent))
+        image, info = _read_array(arr, view.image_path, background, size, target, label)
     return out, image, info
 
 
