@@ -41,20 +41,27 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
         if f.metadata.get("choices"):
             help_text += f": {', '.join(f.metadata['choices'])}"
         help_text += f" (default: {default})"
+        # no default in the namespace: only the flags given appear (what --resume may change)
+        kwargs = dict(default=argparse.SUPPRESS, help=help_text)
+        inner = next(a for a in typing.get_args(hint) if a is not type(None)) if isinstance(hint, types.UnionType) else None
         if hint is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        elif hint == list[int]:
-            parser.add_argument(flag, type=_parse_int_list, default=default, help=help_text)
-        elif isinstance(hint, types.UnionType):
-            inner = next(a for a in typing.get_args(hint) if a is not type(None))
-            parser.add_argument(flag, type=_optional(inner), default=default, help=help_text)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif list[int] in (hint, inner):
+            parser.add_argument(flag, type=_parse_int_list, **kwargs)
+        elif inner is not None:
+            parser.add_argument(flag, type=_optional(inner), **kwargs)
         else:
-            parser.add_argument(flag, type=hint, default=default, help=help_text)
+            parser.add_argument(flag, type=hint, **kwargs)
+
+
+def given_options(args: argparse.Namespace) -> dict[str, object]:
+    """The config options given on the command line (leaf name -> value)."""
+    given = {f.name: getattr(args, f.name) for f, _, _ in TrainConfig().leaves() if hasattr(args, f.name)}
+    return {k: v for k, v in given.items() if v or k not in ("data", "out")}  # DATA and --out default to ""
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig.make(**{f.name: getattr(args, f.name) for f, _, _ in TrainConfig().leaves()
-                               if hasattr(args, f.name)})
+    return TrainConfig.make(**given_options(args))
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -62,7 +69,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trsplat.training import resume, train
 
     if args.resume:
-        metrics = resume(args.resume)
+        if args.data or args.out:
+            raise TrsplatError(f"--resume {args.resume} continues that run in its folder with its data; "
+                               f"do not give DATA or --out with it")
+        metrics = resume(args.resume, given_options(args))
     else:
         if not args.data or not args.out:
             raise TrsplatError("train needs DATA and --out DIR (or --resume DIR)")
@@ -139,6 +149,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_make_scene(args: argparse.Namespace) -> int:
     from trsplat.synthetic import make_synthetic_scene
 
+    if args.size < 16:
+        raise TrsplatError(f"--size must be >= 16 pixels, got {args.size}")
     out = make_synthetic_scene(args.out, size=args.size, seed=args.seed)
     print(f"wrote the synthetic scene to {out}")
     return 0

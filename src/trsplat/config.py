@@ -12,15 +12,19 @@ Departures from 3DGS are documented in ``docs/training.md``.
 from __future__ import annotations
 
 import math
+import types
+import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Iterator
 
-from trsplat.errors import TrsplatError
-from trsplat.render.backends import BACKENDS
+from trsplat.errors import TrsplatError, warn
+from trsplat.render.backends import BACKENDS, get_backend
+from trsplat.strategy.build import STRATEGIES
+from trsplat.strategy.ops import STATE_POLICIES
 
 OPTIMIZERS = ("adam", "adam-tr", "tr")
 CURVATURES = ("hutchinson", "gnb", "none")
-DENSIFY = ("none",)
+DENSIFY = STRATEGIES
 
 
 def opt(default: Any, help: str = "", *, choices: tuple[str, ...] | None = None, lo: float | None = None,
@@ -45,16 +49,17 @@ class SceneConfig:
     n_random_init: int = opt(100_000, "number of random initial points (3DGS: 100k for Blender scenes)", lo=1)
     init_box: float | None = opt(None, "half-width of the random-init cube in world units "
                                        "(default: from the cameras, see docs)")
-    llffhold: int = opt(8, "every K-th image is a test view when the dataset has no test split")
-    max_test_views: int | None = opt(None, "evaluate an evenly spaced subset of this many test views")
+    llffhold: int = opt(8, "every K-th image is a test view when the dataset has no test split", lo=2)
+    max_test_views: int | None = opt(None, "evaluate an evenly spaced subset of this many test views", lo=1)
 
 
 @dataclass
 class EvalConfig:
     """When and how test metrics are computed."""
 
-    eval_at: list[int] = opt([7000, 15000, 30000], "comma-separated iterations at which to evaluate all test "
-                             "views (the last iteration is always evaluated)")
+    eval_at: list[int] | None = opt(None, "comma-separated iterations at which to evaluate all test views (the "
+                                    "last iteration is always evaluated; default: those of 7000, 15000 and 30000 "
+                                    "within --iters, half of --iters and --iters)")
     lpips: bool = opt(True, "compute LPIPS at evaluation (slower on CPU)")
     n_saved_renders: int = opt(4, "test renders written next to their ground truth at each evaluation", lo=0)
 
@@ -65,16 +70,16 @@ class OptimizerConfig:
 
     optimizer: str = opt("adam", "optimiser", choices=OPTIMIZERS)
     # Adam (3DGS recipe); the position lr is multiplied by the scene extent
-    lr_means: float = opt(1.6e-4, "position learning rate at the start (times the scene extent)")
-    lr_means_final: float = opt(1.6e-6, "position learning rate at the end of its decay")
+    lr_means: float = opt(1.6e-4, "position learning rate at the start (times the scene extent)", lo=0, lo_open=True)
+    lr_means_final: float = opt(1.6e-6, "position learning rate at the end of its decay", lo=0, lo_open=True)
     lr_means_max_steps: int | None = opt(30_000, "steps of the position-lr decay, as 3DGS "
-                                                 "(none: decay over the run length)")
-    lr_sh_dc: float = opt(2.5e-3, "learning rate of the SH DC coefficients")
-    lr_sh_rest: float = opt(2.5e-3 / 20, "learning rate of the higher SH coefficients")
-    lr_opacity: float = opt(0.025, "learning rate of the opacity logits")
-    lr_scale: float = opt(5e-3, "learning rate of the log-scales")
-    lr_rotation: float = opt(1e-3, "learning rate of the quaternions")
-    adam_eps: float = opt(1e-15, "Adam epsilon")
+                                                 "(none: decay over the run length)", lo=1)
+    lr_sh_dc: float = opt(2.5e-3, "learning rate of the SH DC coefficients", lo=0, lo_open=True)
+    lr_sh_rest: float = opt(2.5e-3 / 20, "learning rate of the higher SH coefficients", lo=0, lo_open=True)
+    lr_opacity: float = opt(0.025, "learning rate of the opacity logits", lo=0, lo_open=True)
+    lr_scale: float = opt(5e-3, "learning rate of the log-scales", lo=0, lo_open=True)
+    lr_rotation: float = opt(1e-3, "learning rate of the quaternions", lo=0, lo_open=True)
+    adam_eps: float = opt(1e-15, "Adam epsilon", lo=0, lo_open=True)
     # 3DGS²-TR and ADAM-TR (docs/optimizer.md); paper defaults
     eps_start: float = opt(1e-6, "trust-region epsilon at the first iteration (rebuttal: 1e-5)", lo=0, lo_open=True)
     eps_end: float = opt(1e-8, "trust-region epsilon at the last iteration (rebuttal: 1e-7)", lo=0, lo_open=True)
@@ -85,7 +90,7 @@ class OptimizerConfig:
     theta1: float = opt(0.9, "tr: gradient EMA factor", lo=0, hi=1, hi_open=True)
     theta2: float = opt(0.999, "tr: curvature EMA factor", lo=0, hi=1, hi_open=True)
     guard: str = opt("sophia", "tr: handling of curvature <= 0 (docs/optimizer.md)", choices=("sophia", "abs", "raw"))
-    guard_floor: float = opt(1e-12, "tr: floor of the curvature for the sophia/abs guards")
+    guard_floor: float = opt(1e-12, "tr: floor of the curvature for the sophia/abs guards", lo=0, lo_open=True)
     bias_correction: bool = opt(False, "tr: Adam-style bias correction of both EMAs (paper: off)")
     step_norm: str = opt("none", "tr only: none (the paper) or median-radius (scale each tensor's Newton steps so "
                          "their median |step|/radius is 1 before the clip, so the curvature, not only the bound, "
@@ -139,9 +144,32 @@ class OptimizerConfig:
 
 @dataclass
 class StrategyConfig:
-    """Densification: which strategy adds, removes or moves Gaussians during training."""
+    """Densification: which strategy adds, removes or moves Gaussians during training
+    (``docs/densification.md``). Iteration options are written for a 30k-iteration run and
+    multiplied by ``densify_steps_scale``."""
 
-    densify: str = opt("none", "densification strategy (none: the paper's protocol)", choices=DENSIFY)
+    densify: str = opt("none", "densification strategy (none: the paper's protocol; adc: 3DGS's adaptive "
+                       "density control; mcmc: 3DGS-MCMC)", choices=DENSIFY)
+    densify_steps_scale: float | None = opt(None, "factor on every densification iteration option "
+                                            "(none: min(1, iters/30000))", lo=0, lo_open=True)
+    densify_start: int | None = opt(None, "refine after this iteration (none: 500)", lo=0)
+    densify_stop: int | None = opt(None, "refine before this iteration (none: adc 15000, mcmc 25000)", lo=0)
+    densify_every: int = opt(100, "refine every this many iterations", lo=1)
+    densify_state: str = opt("zero", "optimiser state of new and moved Gaussians: zero, inherit (the source's) "
+                             "or inherit-curvature (the source's second moment / curvature EMA only)",
+                             choices=STATE_POLICIES)
+    densify_grad_threshold: float = opt(2e-4, "adc: clone/split above this mean view-space gradient norm "
+                                        "(NDC units, as 3DGS)", lo=0)
+    percent_dense: float = opt(0.01, "adc: clone below, split above this largest scale (x the scene extent)", lo=0)
+    opacity_reset_every: int = opt(3000, "adc: clamp opacities to 0.01 every this many iterations", lo=1)
+    prune_opacity: float = opt(0.005, "adc: prune below this opacity; mcmc: relocate at or below it", lo=0, hi=1)
+    prune_scale: float = opt(0.1, "adc: after the first opacity reset, prune Gaussians larger than this "
+                             "(x the scene extent)", lo=0, lo_open=True)
+    cap_max: int = opt(1_000_000, "mcmc: maximum number of Gaussians", lo=1)
+    mcmc_grow_rate: float = opt(0.05, "mcmc: add this fraction of Gaussians per refinement", lo=0)
+    mcmc_noise_lr: float = opt(5e5, "mcmc: position noise = position lr x this x covariance x gate", lo=0)
+    opacity_reg: float = opt(0.01, "mcmc: weight of the L1 opacity regulariser", lo=0)
+    scale_reg: float = opt(0.01, "mcmc: weight of the L1 scale regulariser", lo=0)
 
 
 @dataclass
@@ -150,7 +178,7 @@ class TrainConfig:
 
     out: str = opt("", "output folder of the run")
     iters: int = opt(30_000, "number of training iterations", lo=1)
-    seed: int = opt(0, "random seed (initialisation, view order, probes)")
+    seed: int = opt(0, "random seed (initialisation, view order, probes)", lo=0, hi=2**63 - 1)
     backend: str = opt("auto", "rendering backend (auto: cuda with a GPU, else cpu)", choices=("auto", *BACKENDS))
     lambda_dssim: float = opt(0.2, "weight of the D-SSIM term of the loss", lo=0, hi=1)
     sh_degree: int = opt(3, "maximum SH degree", lo=0, hi=3)
@@ -210,16 +238,38 @@ class TrainConfig:
 
     # -- checks -----------------------------------------------------------------------------
     def validate(self) -> None:
-        """Raise :class:`TrsplatError` naming the option for any value outside its allowed set."""
-        for f, _, value in self.leaves():
+        """Raise :class:`TrsplatError` naming the option for any value outside its allowed set;
+        warn about values that work but are probably not meant (see docs/training.md)."""
+        for f, owner, value in self.leaves():
+            _check_type(f, typing.get_type_hints(type(owner))[f.name], value)
             _check_field(f, value)
-        bad = [i for i in self.eval.eval_at if i < 1 or i > self.iters]
-        if bad:
-            raise TrsplatError(f"--eval-at {bad} outside 1..--iters ({self.iters})")
+        if self.eval.eval_at is not None:
+            bad = [i for i in self.eval.eval_at if i < 1 or i > self.iters]
+            if bad:
+                raise TrsplatError(f"--eval-at {bad} outside 1..--iters ({self.iters})")
+            if self.eval.eval_at != sorted(set(self.eval.eval_at)):
+                warn(f"--eval-at {self.eval.eval_at}: sorted and duplicates dropped")
+                self.eval.eval_at = sorted(set(self.eval.eval_at))
         o = self.optim
         if o.residual_form == "sqrt" and o.residual_delta == 0:
             raise TrsplatError(f"--residual-delta must be > 0 for the sqrt residual, got {o.residual_delta}")
+        for name in ("lr_means", "lr_sh_dc", "lr_sh_rest", "lr_opacity", "lr_scale", "lr_rotation"):
+            if getattr(o, name) > 1:
+                warn(f"--{name.replace('_', '-')} {getattr(o, name)} is far above the 3DGS value; expect divergence")
+        if self.backend != "auto":
+            try:
+                get_backend(self.backend)
+            except TrsplatError as exc:
+                raise TrsplatError(f"--backend {self.backend}: {exc}") from None
         o.trust_region()
+
+    def eval_iterations(self) -> list[int]:
+        """The iterations evaluated: ``--eval-at`` (default: 3DGS's 7000, 15000 and 30000 within
+        ``--iters``, ``iters // 2`` and ``iters``), always with the last iteration."""
+        chosen = self.eval.eval_at
+        if chosen is None:
+            chosen = [i for i in (7000, 15000, 30000) if i <= self.iters] + [max(self.iters // 2, 1)]
+        return sorted(set(chosen) | {self.iters})
 
 
 SUBCONFIGS = {"scene": SceneConfig, "eval": EvalConfig, "optim": OptimizerConfig, "strategy": StrategyConfig}
@@ -235,6 +285,25 @@ def leaf_owners() -> dict[str, str | None]:
 
 def field_default(f) -> Any:
     return f.default_factory() if f.default is MISSING else f.default
+
+
+def _check_type(f, hint: Any, value: Any) -> None:
+    """A config.json value of the wrong type (e.g. ``"iters": "ten"``) names its option."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return
+    for kind in allowed:
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if kind == list[int] and isinstance(value, list) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return
+        if kind in (bool, str) and isinstance(value, kind):
+            return
+    names = " or ".join("list of int" if k == list[int] else getattr(k, "__name__", str(k)) for k in allowed)
+    raise TrsplatError(f"--{f.name.replace('_', '-')}: expected {names}, got {value!r}")
 
 
 def _check_field(f, value: Any) -> None:

@@ -5,6 +5,13 @@ Anything the user can fix (a missing file, a corrupt image, an impossible option
 that line and exits with status 2 instead of showing a traceback.
 """
 
+import sys
+
 
 class TrsplatError(Exception):
     """An error caused by input or options, reported to the user as one line."""
+
+
+def warn(message: str) -> None:
+    """Tell the user about an input that works but is probably not what they meant (one line)."""
+    print(f"trsplat: warning: {message}", file=sys.stderr)

@@ -39,15 +39,24 @@ def usable_cores() -> int | None:
         return os.cpu_count()
 
 
-def memory_bytes() -> int | None:
-    """Total RAM from /proc/meminfo; None where it cannot be read."""
+def _meminfo_bytes(key: str) -> int | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def memory_bytes() -> int | None:
+    """Total RAM (``MemTotal`` of /proc/meminfo); None where it cannot be read."""
+    return _meminfo_bytes("MemTotal")
+
+
+def available_memory_bytes() -> int | None:
+    """Memory available to new allocations (``MemAvailable`` of /proc/meminfo); None where unknown."""
+    return _meminfo_bytes("MemAvailable")
 
 
 def command_line() -> str:

@@ -26,6 +26,10 @@ class RenderOutput:
         depth: (H, W) Σ z·α·T (not normalised by alpha, as INRIA's 2024 rasterizer).
         visible: (N,) bool, Gaussians that reached at least one tile.
         radii: (N,) int64 screen radius in pixels (0 where culled).
+        means2d: (N, 2) screen positions in pixel-index coordinates (0 where culled), a node of
+            the autograd graph through which the compositor reads the splat centres: call
+            ``means2d.retain_grad()`` before ``backward`` to get dL/d(screen position) in px⁻¹
+            units (what adaptive density control thresholds; ``docs/densification.md``).
     """
 
     image: torch.Tensor
@@ -33,6 +37,7 @@ class RenderOutput:
     depth: torch.Tensor
     visible: torch.Tensor
     radii: torch.Tensor
+    means2d: torch.Tensor
 
 
 def render(
@@ -55,13 +60,17 @@ def render(
     bins = stages.bin(proj.means2d, proj.radii, proj.depths, camera.width, camera.height)
     features = torch.cat([proj.colors, proj.depths[:, None]], dim=1)
     feat_bg = torch.cat([bg, torch.zeros(1, dtype=bg.dtype, device=device)])
+    n = len(g)
+    # the screen positions in full indexing, read back by the compositor: copies only, so images,
+    # gradients and tangents are unchanged, and means2d.grad is dL/d(screen position)
+    means2d = proj.means2d.new_zeros((n, 2)).index_copy(0, proj.ids, proj.means2d)
     out, alpha = stages.composite(
-        proj.means2d, proj.conics, features, proj.opacities, bins,
+        means2d[proj.ids], proj.conics, features, proj.opacities, bins,
         camera.width, camera.height, feat_bg,
     )
-    n = len(g)
     radii = torch.zeros(n, dtype=torch.int64, device=device)
     radii[proj.ids] = proj.radii
     visible = torch.zeros(n, dtype=torch.bool, device=device)
     visible[proj.ids] = True
-    return RenderOutput(image=out[..., :3], alpha=alpha, depth=out[..., 3], visible=visible, radii=radii)
+    return RenderOutput(image=out[..., :3], alpha=alpha, depth=out[..., 3], visible=visible, radii=radii,
+                        means2d=means2d)

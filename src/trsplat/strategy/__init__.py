@@ -1,9 +1,12 @@
 """Densification strategies: objects the training loop calls around each backward pass.
 
 A strategy may add, remove or move Gaussians; it must keep the optimiser's state consistent, which
-:mod:`trsplat.strategy.ops` does for every optimiser. See ``docs/architecture.md``.
+:mod:`trsplat.strategy.ops` does for every optimiser. ``none`` (the paper's protocol), ``adc``
+(3DGS's adaptive density control) and ``mcmc`` (3DGS-MCMC): ``docs/architecture.md``,
+``docs/densification.md``.
 """
 
-from trsplat.strategy.base import NoDensification, Strategy, StepInfo, build_strategy
+from trsplat.strategy.base import NoDensification, Strategy, StepInfo
+from trsplat.strategy.build import STRATEGIES, build_strategy, steps_scale
 
-__all__ = ["NoDensification", "Strategy", "StepInfo", "build_strategy"]
+__all__ = ["NoDensification", "STRATEGIES", "Strategy", "StepInfo", "build_strategy", "steps_scale"]

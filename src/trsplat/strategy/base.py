@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 
-from trsplat.errors import TrsplatError
 from trsplat.gaussians import Gaussians
 
 
@@ -54,10 +53,3 @@ class Strategy:
 
 class NoDensification(Strategy):
     """A fixed set of Gaussians (the paper's protocol and trsplat's default)."""
-
-
-def build_strategy(name: str) -> Strategy:
-    """The strategy named by ``--densify``."""
-    if name == "none":
-        return NoDensification()
-    raise TrsplatError(f"--densify {name!r}: unknown strategy")

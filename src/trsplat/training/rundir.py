@@ -14,16 +14,19 @@ Every file is written atomically (temporary name, fsync, rename).
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from trsplat.config import TrainConfig
 from trsplat.errors import TrsplatError
 from trsplat.gaussians import Gaussians, save_ply
-from trsplat.io_utils import save_torch, write_json
+from trsplat.io_utils import ensure_dir, remove_stale_temporaries, save_torch, write_json
 
 CHECKPOINT_FORMAT = 2
 """Version of ``checkpoint.pt``: 2 since the optimisers are ``torch.optim.Optimizer`` s."""
@@ -37,6 +40,7 @@ class RunDir:
     CHECKPOINT = "checkpoint.pt"
     PLY = "point_cloud.ply"
     EVAL = "eval.json"
+    LOCK = ".lock"
     RENDERS = "renders"
 
     def __init__(self, path: str | Path) -> None:
@@ -49,6 +53,30 @@ class RunDir:
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
+
+    # -- ownership ------------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Create the folder if needed; a one-line error if it is a file or cannot be written."""
+        ensure_dir(self.path)
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise TrsplatError(f"{self.path}: the folder is not writable")
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the folder's lock while training (an OS file lock: released when the process ends,
+        also on kill -9). A second training into the same folder stops with a one-line error.
+        Temporaries left by a killed writer are removed once the lock is held."""
+        self.check_writable()
+        with open(self.path / self.LOCK, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise TrsplatError(f"{self.path}: another trsplat process is training into this folder") from None
+            remove_stale_temporaries(self.path)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def renders_dir(self, iteration: int | None = None, split: str | None = None) -> Path:
         """``renders/iter_N`` (training evals) or ``renders/SPLIT`` (``trsplat render``)."""

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from trsplat.machine import machine_label
+from trsplat.machine import available_memory_bytes, machine_label
 from trsplat.config import TrainConfig
 from trsplat.errors import TrsplatError
 from trsplat.gaussians import Gaussians
@@ -37,6 +37,11 @@ from trsplat.strategy import Strategy, StepInfo, build_strategy
 from trsplat.training.evaluation import active_sh_degree, evaluate
 from trsplat.training.hooks import Hook, ProgressBar
 from trsplat.training.rundir import CHECKPOINT_FORMAT, RunDir
+
+FINITE_CHECK_EVERY = 100
+"""Iterations between checks that every parameter is finite (also before every save)."""
+COLLAPSE_DB = 10.0
+"""An eval this far below the run's best test PSNR stops the run as collapsed."""
 
 GradSync = Callable[[dict[str, torch.Tensor]], None]
 """Reduces per-parameter tensors in place across processes (gradients, then curvature estimates)."""
@@ -121,6 +126,7 @@ class Trainer:
         self.hooks = list(hooks) if hooks is not None else [ProgressBar()]
         self.grad_sync = grad_sync
         self.state = RunState()
+        self.last_checkpoint: int | None = None
 
     # -- checkpoints ------------------------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
@@ -156,6 +162,7 @@ class Trainer:
         self.sampler.load_state_dict(ckpt["sampler"])
         torch.set_rng_state(ckpt["torch_rng"])
         self.state = RunState(ckpt["iteration"], ckpt["train_seconds"], ckpt["evals"])
+        self.last_checkpoint = self.state.iteration
 
     # -- outputs ----------------------------------------------------------------------------
     def write_metrics(self, finished: bool = False) -> None:
@@ -249,9 +256,14 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Train to ``cfg.iters``, holding the run folder's lock; returns ``metrics.json``."""
+        with self.run_dir.locked():
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.run_dir.write_config(cfg)
-        eval_at = sorted(set(cfg.eval.eval_at) | {cfg.iters})
+        eval_at = cfg.eval_iterations()
         stop = _StopRequest()
         for hook in self.hooks:
             hook.on_start(self)
@@ -263,16 +275,19 @@ class Trainer:
                 self.state.train_seconds += time.perf_counter() - start
                 self.state.iteration = iteration
                 if not np.isfinite(loss):
-                    raise TrsplatError(f"iteration {iteration}: the loss is {loss}; the run diverged "
-                                       f"(last good checkpoint: {self.run_dir.checkpoint_path})")
+                    self._diverged(f"the loss is {loss}")
+                saving = iteration in eval_at or iteration % cfg.checkpoint_every == 0 or stop.requested
+                if saving or iteration % FINITE_CHECK_EVERY == 0:
+                    self._check_finite()
                 for hook in self.hooks:
                     hook.on_step(self, iteration, loss, psnr)
                 if iteration in eval_at:
                     record = self.run_eval(iteration)
                     for hook in self.hooks:
                         hook.on_eval(self, record)
-                if iteration in eval_at or iteration % cfg.checkpoint_every == 0 or stop.requested:
-                    self.run_dir.save_checkpoint(self.checkpoint())
+                    self._check_collapse(record)
+                if saving:
+                    self.save_checkpoint()
                 if stop.requested and iteration < cfg.iters:
                     raise TrsplatError(f"interrupted at iteration {iteration}; checkpoint saved, "
                                        f"continue with: trsplat train --resume {self.run_dir.path}")
@@ -280,13 +295,37 @@ class Trainer:
             stop.restore()
             for hook in self.hooks:
                 hook.on_close(self)
+        self._check_finite()
         self.run_dir.save_ply(self.gaussians)
-        self.run_dir.save_checkpoint(self.checkpoint())
+        self.save_checkpoint()
         self.write_metrics(finished=True)
         metrics = self.run_dir.read_metrics()
         for hook in self.hooks:
             hook.on_finish(self, metrics)
         return metrics
+
+    def save_checkpoint(self) -> None:
+        self.run_dir.save_checkpoint(self.checkpoint())
+        self.last_checkpoint = self.state.iteration
+
+    # -- divergence -------------------------------------------------------------------------
+    def _diverged(self, what: str) -> None:
+        """Stop with a message; the checkpoint on disk (if any) is from before the divergence."""
+        last = (f"the last good checkpoint (iteration {self.last_checkpoint}) is kept in "
+                f"{self.run_dir.checkpoint_path}" if self.last_checkpoint is not None
+                else "no checkpoint was written")
+        raise TrsplatError(f"iteration {self.state.iteration}: {what}; the run diverged and stopped ({last}; "
+                           f"try smaller learning rates or trust-region epsilon)")
+
+    def _check_finite(self) -> None:
+        bad = [name for name, p in self.gaussians.params().items() if not bool(torch.isfinite(p).all())]
+        if bad:
+            self._diverged(f"non-finite Gaussian parameters ({', '.join(bad)})")
+
+    def _check_collapse(self, record: dict[str, Any]) -> None:
+        best = max(e["psnr"] for e in self.state.evals)
+        if not np.isfinite(record["psnr"]) or record["psnr"] < best - COLLAPSE_DB:
+            self._diverged(f"test PSNR fell to {record['psnr']:.2f} dB from its best {best:.2f} dB")
 
 
 class _StopRequest:
@@ -307,6 +346,14 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+BYTES_PER_GAUSSIAN = 59 * 4 * 12
+"""Rough peak memory of one Gaussian in training: 59 floats in the parameters, their gradients,
+two optimiser states and the projection and compositing buffers (measured peaks stay below it)."""
+
+RESUME_EXTENDABLE = ("iters", "eval_at", "checkpoint_every", "n_saved_renders", "lpips")
+"""Options ``--resume`` may change: the run continues with the new values."""
+
+
 def prepare(cfg: TrainConfig):
     """Load the scene and the initial Gaussians for ``cfg``."""
     from trsplat.data.scene import detect_format, init_gaussians, load_scene
@@ -317,8 +364,17 @@ def prepare(cfg: TrainConfig):
         background = "black" if detect_format(s.data)[0] == "colmap" else "white"
     scene = load_scene(s.data, downscale=s.downscale, background=background,
                        llffhold=s.llffhold, max_test_views=s.max_test_views)
+    _check_memory(s.n_random_init if s.init != "sfm" else 0)
     gaussians = init_gaussians(scene, n_random=s.n_random_init, init_box=s.init_box, seed=cfg.seed, init=s.init)
     return scene, gaussians
+
+
+def _check_memory(n_gaussians: int) -> None:
+    available = available_memory_bytes()
+    need = n_gaussians * BYTES_PER_GAUSSIAN
+    if available is not None and need > available:
+        raise TrsplatError(f"--n-random-init {n_gaussians} needs about {need / 2**30:.1f} GiB of memory; "
+                           f"{available / 2**30:.1f} GiB are available")
 
 
 def train(cfg: TrainConfig, **trainer_options) -> dict[str, Any]:
@@ -328,19 +384,36 @@ def train(cfg: TrainConfig, **trainer_options) -> dict[str, Any]:
     if run_dir.has_checkpoint():
         raise TrsplatError(f"{run_dir.path} already holds a run; use --resume {run_dir.path} to continue it "
                            f"or choose another --out")
+    run_dir.check_writable()
     torch.manual_seed(cfg.seed)
     scene, gaussians = prepare(cfg)
     return Trainer(cfg, scene, gaussians, **trainer_options).run()
 
 
-def resume(out_dir: str | Path, **trainer_options) -> dict[str, Any]:
-    """Continue the run in ``out_dir`` from its checkpoint; reaches the same result as an uninterrupted run."""
+def resume(out_dir: str | Path, changes: dict[str, Any] | None = None, **trainer_options) -> dict[str, Any]:
+    """Continue the run in ``out_dir`` from its checkpoint; reaches the same result as an
+    uninterrupted run. ``changes`` (leaf name -> value, only :data:`RESUME_EXTENDABLE`) extend it:
+    more iterations, later evaluations (the schedules then span the new ``iters``)."""
     run_dir = RunDir(out_dir)
     if not run_dir.has_checkpoint():
         raise TrsplatError(f"{run_dir.path}: no {RunDir.CHECKPOINT} to resume from")
     cfg = run_dir.read_config()
-    cfg.out = str(run_dir.path)
+    cfg.validate()
     ckpt = run_dir.load_checkpoint()
+    if changes:
+        refused = sorted(set(changes) - set(RESUME_EXTENDABLE))
+        if refused:
+            raise TrsplatError(f"--resume cannot change {', '.join('--' + k.replace('_', '-') for k in refused)}; "
+                               f"it may change {', '.join('--' + k.replace('_', '-') for k in RESUME_EXTENDABLE)}")
+        done = ckpt.get("iteration", 0)
+        if changes.get("iters", done) < done:
+            raise TrsplatError(f"--iters {changes['iters']}: the run is already at iteration {done}")
+        cfg = TrainConfig.from_dict({**cfg.flat(), **changes})
+        cfg.validate()
+        early = [i for i in cfg.eval.eval_at or [] if i <= done]
+        if "eval_at" in changes and early:
+            raise TrsplatError(f"--eval-at {early}: the run is already at iteration {done}")
+    cfg.out = str(run_dir.path)
     scene, gaussians = prepare(cfg)
     trainer = Trainer(cfg, scene, gaussians, **trainer_options)
     trainer.load_checkpoint(ckpt)
