@@ -115,7 +115,7 @@ class AdaptiveDensityControl(Strategy):
             return
         self.accumulate(gaussians, info)
         if it > p.start and it % p.every == 0:
-            self.refine(gaussians, optimizer, it)
+            info.extras["densify"] = self.refine(gaussians, optimizer, it)
         if it % p.reset_every == 0 or (self.white_background and it == p.start):
             self.reset_opacity(gaussians, optimizer)
 
@@ -192,15 +192,14 @@ class AdaptiveDensityControl(Strategy):
                 "generator": gen, "history": list(self.history)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores the statistics and the generator; the schedule comes from the config (a
+        resume that extends ``--iters`` re-spans it, as the optimiser's schedules)."""
         if not state:
             return
         self.grad_accum, self.count = state["grad_accum"], state["count"]
         self._generator_state, self.generator = state["generator"], None
         self.history = list(state["history"])
 
-    def stats(self) -> dict[str, Any]:
-        """What the run reports (``StepInfo.extras``): the last refinement's counts."""
-        return dict(self.history[-1]) if self.history else {}
 
 
 def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:

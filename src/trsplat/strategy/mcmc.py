@@ -178,6 +178,8 @@ class MCMC(Strategy):
         return {"params": asdict(self.params), "generator": gen, "history": list(self.history)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores the generator; the schedule comes from the config (a resume that
+        extends ``--iters`` re-spans it, as the optimiser's schedules)."""
         if not state:
             return
         self._generator_state, self.generator = state["generator"], None
