@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
+import re
 from pathlib import Path
 
 import numpy as np
@@ -138,17 +138,16 @@ def test_ngp_camera_angle_fallback_and_header_size(tmp_path: Path) -> None:
     assert (cam.cx, cam.cy) == (15.0, 10.0)
 
 
-def test_missing_frames_skipped_with_one_warning(tmp_path: Path) -> None:
+def test_missing_frames_skipped_with_one_warning(tmp_path: Path, capsys) -> None:
     for i in (0, 2, 3):
         write_png(tmp_path / f"f{i}.png", 10, 10, mode="RGB")
     frames = [{"file_path": f"f{i}", "transform_matrix": C2W_Z4} for i in range(5)]
     js = ngp_json(tmp_path, frames, camera_angle_x=0.9)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        views = read_transforms(js)
+    views = read_transforms(js)
     assert [v.camera.name for v in views] == ["f0.png", "f2.png", "f3.png"]
-    assert len(caught) == 1
-    assert "transforms.json: 2 of 5 frames skipped: image file missing" in str(caught[0].message)
+    err = capsys.readouterr().err
+    assert err.count("trsplat: warning:") == 1
+    assert "trsplat: warning: transforms.json: 2 of 5 frames skipped: image file missing" in err
 
 
 def test_all_frames_missing_is_an_error(tmp_path: Path) -> None:
@@ -203,7 +202,7 @@ def test_lens_errors_name_file_and_frame(tmp_path: Path, top: dict, message: str
         read_transforms(js)
 
 
-def test_nerfstudio_extras(tmp_path: Path) -> None:
+def test_nerfstudio_extras(tmp_path: Path, capsys) -> None:
     from plyfile import PlyData, PlyElement
 
     from trsplat.data.transforms import read_transforms_points
@@ -216,11 +215,12 @@ def test_nerfstudio_extras(tmp_path: Path) -> None:
            "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0,
            "applied_transform": [[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0]], "ply_file_path": "sparse_pc.ply"}
     js = ngp_json(tmp_path, frames, **top)
-    with pytest.warns(UserWarning, match=r"1 frames have a mask_path .*alpha channel"):
-        views = read_transforms(js)
+    views = read_transforms(js)
+    assert re.search(r"^trsplat: warning: .*1 frames have a mask_path .*alpha channel", capsys.readouterr().err, re.M)
     assert [v.lens for v in views] == [None, None]
-    with pytest.warns(UserWarning, match=r"sparse_pc\.ply does not exist; starting from random points"):
-        assert read_transforms_points(js) is None
+    assert read_transforms_points(js) is None
+    assert re.search(r"^trsplat: warning: .*sparse_pc\.ply does not exist; starting from random points",
+                     capsys.readouterr().err, re.M)
     pts = np.array([(0.5, -1.0, 2.0, 255, 0, 51), (1.0, 2.0, 3.0, 0, 255, 0)],
                    dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
     PlyData([PlyElement.describe(pts, "vertex")]).write(str(tmp_path / "sparse_pc.ply"))
@@ -236,14 +236,15 @@ def test_nerfstudio_extras(tmp_path: Path) -> None:
         read_transforms(js)
 
 
-def test_repeated_frames(tmp_path: Path) -> None:
+def test_repeated_frames(tmp_path: Path, capsys) -> None:
     write_png(tmp_path / "a.png", 10, 10, mode="RGB")
     write_png(tmp_path / "b.png", 10, 10, mode="RGB")
     frames = [{"file_path": "a.png", "transform_matrix": C2W_Z4},
               {"file_path": "b.png", "transform_matrix": orbit_c2w(1.0)},
               {"file_path": "./a.png", "transform_matrix": C2W_Z4}]
-    with pytest.warns(UserWarning, match=r"transforms\.json: 1 repeated frames dropped .*a\.png"):
-        views = read_transforms(ngp_json(tmp_path, frames, camera_angle_x=0.9))
+    views = read_transforms(ngp_json(tmp_path, frames, camera_angle_x=0.9))
+    assert re.search(r"^trsplat: warning: .*transforms\.json: 1 repeated frames dropped .*a\.png",
+                     capsys.readouterr().err, re.M)
     assert [v.camera.name for v in views] == ["a.png", "b.png"]
     frames[2]["transform_matrix"] = orbit_c2w(2.0)
     with pytest.raises(TrsplatError, match=r"transforms\.json: image .*a\.png appears twice"):

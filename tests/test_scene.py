@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -323,3 +324,146 @@ def test_real_chair(chair: Scene) -> None:
     assert 4.0 < radius < 2 * 4.03
     # white background: the corners of a NeRF-synthetic render are empty
     assert float(chair.train[0].image[0, 0].min()) > 0.99
+
+
+# -- images as users have them ----------------------------------------------------------------------
+def _exif(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif
+
+
+@pytest.mark.parametrize("orientation", [5, 6, 7, 8])
+def test_exif_orientation_applied_only_when_the_camera_needs_it(colmap_scene: Path, orientation: int) -> None:
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(orientation)
+    images = colmap_scene / "images"
+    # stored 12x20 (portrait) with a tag that rotates it to the camera's 20x12
+    stored = Image.fromarray(rng.integers(0, 255, size=(20, 12, 3), dtype=np.uint8))
+    stored.save(images / "img_01.png", exif=_exif(orientation))
+    # stored 20x12 like its camera, with a tag: the stored pixels are used, as COLMAP does
+    same = Image.fromarray(rng.integers(0, 255, size=(12, 20, 3), dtype=np.uint8))
+    same.save(images / "img_02.png", exif=_exif(orientation))
+    scene = load_scene(colmap_scene)
+    oriented = np.asarray(ImageOps.exif_transpose(Image.open(images / "img_01.png")), dtype=np.float32) / 255
+    assert oriented.shape == (12, 20, 3)
+    np.testing.assert_array_equal(scene.train[0].image.numpy(), oriented)
+    np.testing.assert_array_equal(scene.train[1].image.numpy(), np.asarray(same, dtype=np.float32) / 255)
+    # the same pixels without the tag do not fit the camera
+    stored.save(images / "img_01.png")
+    with pytest.raises(TrsplatError, match=r"img_01\.png: image is 12x20 pixels but its camera 'img_01\.png' is 20x12"):
+        load_scene(colmap_scene)
+
+
+def test_transpose_array_matches_pil() -> None:
+    from trsplat.data.images import _SWAPPING, _transpose_array
+
+    arr = np.random.default_rng(0).integers(0, 255, size=(5, 7, 3), dtype=np.uint8)
+    for op in _SWAPPING.values():
+        expected = np.asarray(Image.fromarray(arr).transpose(op))
+        np.testing.assert_array_equal(_transpose_array(arr, op), expected)
+
+
+def test_sixteen_bit_colour_keeps_its_bits_and_warns(colmap_scene: Path, capsys) -> None:
+    import cv2
+
+    rng = np.random.default_rng(3)
+    rgb16 = rng.integers(0, 65535, size=(12, 20, 3), dtype=np.uint16)
+    assert cv2.imwrite(str(colmap_scene / "images" / "img_01.png"), rgb16[:, :, ::-1])
+    rgba16 = np.concatenate([rgb16, np.full((12, 20, 1), 65535, np.uint16)], axis=2)
+    rgba16[:6, :, 3] = 0
+    assert cv2.imwrite(str(colmap_scene / "images" / "img_02.png"), rgba16[:, :, [2, 1, 0, 3]])
+    scene = load_scene(colmap_scene, background="white")
+    assert re.search(r"^trsplat: warning: .*img_01\.png: 2 of 10 images are 16-bit", capsys.readouterr().err, re.M)
+    np.testing.assert_allclose(scene.train[0].image.numpy(), rgb16 / 65535, rtol=0, atol=1e-7)
+    img = scene.train[1].image.numpy()
+    np.testing.assert_allclose(img[:6], 1.0, atol=1e-7)  # alpha 0 on white, in float
+    np.testing.assert_allclose(img[6:], rgb16[6:] / 65535, rtol=0, atol=1e-7)
+    # downscaled by 2: the 2x2 block means of the 16-bit values (8 bits would be off by up to 1/510)
+    half = load_scene(colmap_scene, background="white", downscale=2).train[0].image.numpy()
+    blocks = (rgb16 / 65535).reshape(6, 2, 10, 2, 3).mean(axis=(1, 3))
+    np.testing.assert_allclose(half, blocks, rtol=0, atol=1e-6)
+
+
+def test_greyscale_warns_once_with_a_count(colmap_scene: Path, capsys) -> None:
+    for i in (3, 5):
+        Image.new("L", (20, 12), 40 * i).save(colmap_scene / "images" / f"img_{i:02d}.png")
+    load_scene(colmap_scene)
+    err = capsys.readouterr().err
+    assert re.search(r"^trsplat: warning: .*img_03\.png: 2 of 10 images are greyscale", err, re.M)
+    assert err.count("images are greyscale") == 1
+
+
+@pytest.mark.parametrize("suffix, hint", [(".exr", "HDR"), (".heic", "HEIC"), (".png", "corrupt or unreadable")])
+def test_unusable_image_formats_say_what_to_do(tmp_path: Path, suffix: str, hint: str) -> None:
+    from trsplat.data import load_image
+
+    path = tmp_path / f"photo{suffix}"
+    path.write_bytes(b"\x00\x01 not an image a decoder can read")
+    with pytest.raises(TrsplatError, match=rf"photo\{suffix}: .*{hint}"):
+        load_image(path)
+
+
+def test_single_training_view_warns(tmp_path: Path, capsys) -> None:
+    write_colmap_text(tmp_path, n=2)
+    scene = load_scene(tmp_path, llffhold=2)
+    assert re.search(r"^trsplat: warning: .*only 1 training view \(img_01\.png\)", capsys.readouterr().err, re.M)
+    assert len(scene.train) == 1
+
+
+def test_downscale_to_a_few_pixels(colmap_scene: Path, capsys) -> None:
+    load_scene(colmap_scene, downscale=3)
+    assert re.search(r"^trsplat: warning: .*--downscale 3 leaves 10 of 10 images under 32 pixels on a side "
+                     r"\(smallest 7x4 pixels \(from 20x12\)\)", capsys.readouterr().err, re.M)
+    with pytest.raises(TrsplatError, match=r"img_\d\d\.png: --downscale 9 leaves an image of 2x1 pixels"):
+        load_scene(colmap_scene, downscale=9)
+
+
+def test_differently_sized_images_in_one_capture(tmp_path: Path) -> None:
+    # COLMAP: one camera per size
+    write_colmap_text(tmp_path, n=4, size=(20, 12))
+    model = tmp_path / "sparse" / "0"
+    (model / "cameras.txt").write_text("1 PINHOLE 20 12 18 18 10 6\n2 SIMPLE_PINHOLE 16 24 20 8 12\n")
+    lines = (model / "images.txt").read_text().splitlines()
+    lines[2] = lines[2].rsplit(" ", 2)[0] + " 2 img_01.png"
+    (model / "images.txt").write_text("\n".join(lines) + "\n")
+    Image.new("RGB", (16, 24), (9, 9, 9)).save(tmp_path / "images" / "img_01.png")
+    scene = load_scene(tmp_path, llffhold=0, downscale=2)
+    sizes = [(f.camera.width, f.camera.height, tuple(f.image.shape)) for f in scene.train]
+    assert sizes == [(10, 6, (6, 10, 3)), (8, 12, (12, 8, 3)), (10, 6, (6, 10, 3)), (10, 6, (6, 10, 3))]
+    # transforms.json without w, h: each frame takes its image's size
+    ngp = tmp_path / "ngp"
+    ngp.mkdir()
+    poses = ring_w2c(3)
+    frames = []
+    for i, size in enumerate([(12, 10), (10, 12), (16, 8)]):
+        Image.new("RGB", size, (i, i, i)).save(ngp / f"f{i}.png")
+        frames.append({"file_path": f"f{i}.png", "transform_matrix": _blender_c2w(poses[i])})
+    (ngp / "transforms.json").write_text(json.dumps({"camera_angle_x": 0.8, "frames": frames}))
+    scene = load_scene(ngp, llffhold=0)
+    assert [(f.camera.width, f.camera.height) for f in scene.train] == [(12, 10), (10, 12), (16, 8)]
+    assert [f.camera.cx for f in scene.train] == [6.0, 5.0, 8.0]
+
+
+def test_nerfstudio_capture_starts_from_its_point_cloud(tmp_path: Path) -> None:
+    from plyfile import PlyData, PlyElement
+
+    poses = ring_w2c(4)
+    frames = []
+    for i in range(4):
+        Image.new("RGB", (16, 12), (10 * i, 0, 0)).save(tmp_path / f"frame_{i:05d}.jpg")
+        frames.append({"file_path": f"frame_{i:05d}.jpg", "transform_matrix": _blender_c2w(poses[i]),
+                       "fl_x": 14.0, "fl_y": 14.0, "cx": 8.0, "cy": 6.0, "w": 16, "h": 12})
+    pts = np.array([(0.1 * k, -0.1 * k, 0.05 * k, 10, 20, 30) for k in range(25)],
+                   dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    PlyData([PlyElement.describe(pts, "vertex")], text=True).write(str(tmp_path / "sparse_pc.ply"))
+    (tmp_path / "transforms.json").write_text(json.dumps({
+        "camera_model": "OPENCV", "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0, "frames": frames,
+        "applied_transform": [[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0]], "ply_file_path": "sparse_pc.ply"}))
+    assert detect_format(tmp_path) == ("ngp", tmp_path / "transforms.json")
+    scene = load_scene(tmp_path, llffhold=0)
+    assert scene.points is not None and scene.points.shape == (25, 3)
+    assert scene.points_file == tmp_path / "sparse_pc.ply"
+    np.testing.assert_allclose(scene.point_colors[3].numpy(), [10 / 255, 20 / 255, 30 / 255], atol=1e-7)
+    assert len(init_gaussians(scene)) == 25

@@ -27,8 +27,8 @@ Every image becomes a float32 tensor of shape (H, W, 3) with values in [0, 1]:
 
 Every failure the user can fix (missing file, undecodable or truncated image, size that
 disagrees with the camera) raises :class:`~trsplat.errors.TrsplatError` naming the file.
-:func:`load_views` also warns (:mod:`trsplat.data.notices`) once per capture about greyscale and
-16-bit images and about downscaled images of only a few pixels.
+:func:`load_views` also warns (:func:`trsplat.errors.warn`, one line) once per capture about
+greyscale and 16-bit images and about downscaled images of only a few pixels.
 """
 
 from __future__ import annotations
@@ -47,9 +47,8 @@ from PIL import Image
 
 from trsplat.camera import Camera
 from trsplat.data.cache import UndistortCache
-from trsplat.data.notices import warn
 from trsplat.data.undistort import Lens, pinhole_for, undistort_array
-from trsplat.errors import TrsplatError
+from trsplat.errors import TrsplatError, warn
 
 Background = tuple[float, float, float]
 
@@ -504,7 +503,7 @@ def load_views(
 
     The first failing view (in input order) raises its TrsplatError. Views with a lens are
     undistorted through ``cache`` (default: one in the first such image's folder). Warns once
-    about greyscale and 16-bit images and tiny downscaled images (:mod:`trsplat.data.notices`).
+    about greyscale and 16-bit images and tiny downscaled images (:func:`trsplat.errors.warn`).
     """
     downscale = check_downscale(downscale)
     check_downscaled_sizes(views, downscale)

@@ -39,9 +39,8 @@ from trsplat.camera import Camera
 from trsplat.data.cache import UndistortCache
 from trsplat.data.colmap import colmap_views, find_images_dir, find_model_dir, read_model
 from trsplat.data.images import ImageView, check_downscale, load_views, parse_background
-from trsplat.data.notices import warn
 from trsplat.data.transforms import read_transforms, read_transforms_points
-from trsplat.errors import TrsplatError
+from trsplat.errors import TrsplatError, warn
 from trsplat.gaussians import Gaussians, init_from_points
 
 T = TypeVar("T")

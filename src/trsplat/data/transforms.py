@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +48,8 @@ import torch
 
 from trsplat.camera import Camera
 from trsplat.data.images import ImageView, drop_repeated_views, read_image_size
-from trsplat.data.notices import warn
 from trsplat.data.undistort import Lens, pinhole_for
-from trsplat.errors import TrsplatError
+from trsplat.errors import TrsplatError, warn
 
 _EXTENSIONS = ("", ".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 _INTRINSIC_KEYS = ("w", "h", "fl_x", "fl_y", "cx", "cy", "camera_angle_x", "camera_angle_y",
@@ -214,7 +212,8 @@ def read_transforms(path: str | Path) -> list[ImageView]:
     """Read a ``transforms*.json`` file -> one :class:`ImageView` per frame with an image, in file
     order. Camera names are the image paths relative to the JSON folder (e.g. ``train/r_0.png``).
 
-    Frames whose image file is missing are skipped with one ``warnings.warn`` counting them;
+    Frames whose image file is missing are skipped with one warning (:func:`trsplat.errors.warn`)
+    counting them;
     if all are missing (or there are no frames) a TrsplatError is raised.
     """
     path = Path(path)
@@ -257,11 +256,8 @@ def read_transforms(path: str | Path) -> list[ImageView]:
             f"(first looked for {missing[0]} with extensions {', '.join(e for e in _EXTENSIONS if e)})"
         )
     if missing:
-        warnings.warn(
-            f"{path.name}: {len(missing)} of {len(frames)} frames skipped: image file missing "
-            f"(first: {missing[0]})",
-            stacklevel=2,
-        )
+        warn(f"{path.name}: {len(missing)} of {len(frames)} frames skipped: image file missing "
+             f"(first: {missing[0]})")
     if masked:
         warn(f"{path}: {len(masked)} frames have a mask_path (first: frame {masked[0]}); masks are "
              f"not used: put the mask in the image's alpha channel instead")
