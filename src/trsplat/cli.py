@@ -162,8 +162,15 @@ def cmd_bench_render(args: argparse.Namespace) -> int:
     return render_bench.main(args)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Command-line mistakes end in one line too (argparse prints its usage block otherwise)."""
+
+    def error(self, message: str):
+        self.exit(2, f"trsplat: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trsplat", description=__doc__)
+    parser = _Parser(prog="trsplat", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train Gaussians on a capture (COLMAP, NeRF/Blender, instant-ngp)")
@@ -229,7 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     tune_process()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a mistake already reported in one line
+        return int(exc.code or 0)
     try:
         return args.func(args)
     except TrsplatError as exc:

@@ -209,10 +209,10 @@ class TrainConfig:
                 unknown.append(key)
         if unknown:
             raise TrsplatError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        try:
-            return cls(**top, **{name: sub(**nested[name]) for name, sub in SUBCONFIGS.items()})
-        except TypeError as exc:
-            raise TrsplatError(f"config: {exc}") from None
+        cfg = cls(**top, **{name: sub(**nested[name]) for name, sub in SUBCONFIGS.items()})
+        for f, owner, value in cfg.leaves():
+            _check_type(f, typing.get_type_hints(type(owner))[f.name], value)
+        return cfg
 
     @classmethod
     def make(cls, **flat: Any) -> "TrainConfig":
@@ -240,8 +240,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise :class:`TrsplatError` naming the option for any value outside its allowed set;
         warn about values that work but are probably not meant (see docs/training.md)."""
-        for f, owner, value in self.leaves():
-            _check_type(f, typing.get_type_hints(type(owner))[f.name], value)
+        for f, _, value in self.leaves():
             _check_field(f, value)
         if self.eval.eval_at is not None:
             bad = [i for i in self.eval.eval_at if i < 1 or i > self.iters]

@@ -217,7 +217,8 @@ class Trainer:
             gt = frame.image.to(self.device)
             loss = training_loss(out.image, gt, self.cfg.lambda_dssim) / len(info.view_ids)
             self.strategy.step_pre_backward(self.gaussians, self.optimizer, info)
-            loss.backward()
+            if loss.requires_grad:  # False when no Gaussian reaches the view: nothing to learn from it
+                loss.backward()
             total_loss += float(loss.detach())
             with torch.no_grad():
                 total_mse += float(torch.mean((out.image.detach().clamp(0, 1) - gt) ** 2)) / len(info.view_ids)
@@ -318,7 +319,11 @@ class Trainer:
                            f"try smaller learning rates or trust-region epsilon)")
 
     def _check_finite(self) -> None:
-        bad = [name for name, p in self.gaussians.params().items() if not bool(torch.isfinite(p).all())]
+        """Every raw parameter finite, and every scale exp(log_scale) too (what a PLY viewer draws)."""
+        with torch.no_grad():
+            bad = [name for name, p in self.gaussians.params().items() if not bool(torch.isfinite(p).all())]
+            if not bad and not bool(torch.isfinite(self.gaussians.scales).all()):
+                bad = ["log_scales (scales overflow)"]
         if bad:
             self._diverged(f"non-finite Gaussian parameters ({', '.join(bad)})")
 
