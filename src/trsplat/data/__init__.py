@@ -1,5 +1,7 @@
-"""Datasets: COLMAP, NeRF-synthetic (Blender) and instant-ngp readers, images and scenes."""
+"""Datasets: COLMAP, NeRF-synthetic (Blender), instant-ngp and nerfstudio readers, lens
+undistortion and its cache, images and scenes (docs/captures.md)."""
 
+from trsplat.data.cache import UndistortCache
 from trsplat.data.colmap import ColmapCamera, ColmapImage, ColmapModel, read_model
 from trsplat.data.images import ImageView, load_image, parse_background
 from trsplat.data.scene import (
@@ -10,7 +12,8 @@ from trsplat.data.scene import (
     load_scene,
     random_init_box,
 )
-from trsplat.data.transforms import read_transforms
+from trsplat.data.transforms import read_transforms, read_transforms_points
+from trsplat.data.undistort import Lens, Pinhole, pinhole_for
 
 __all__ = [
     "ColmapCamera",
@@ -18,13 +21,18 @@ __all__ = [
     "ColmapModel",
     "Frame",
     "ImageView",
+    "Lens",
+    "Pinhole",
     "Scene",
     "detect_format",
     "init_gaussians",
     "load_image",
     "load_scene",
     "parse_background",
+    "pinhole_for",
     "random_init_box",
     "read_model",
     "read_transforms",
+    "read_transforms_points",
+    "UndistortCache",
 ]
