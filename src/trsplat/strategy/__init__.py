@@ -6,7 +6,7 @@ A strategy may add, remove or move Gaussians; it must keep the optimiser's state
 ``docs/densification.md``.
 """
 
-from trsplat.strategy.base import NoDensification, Strategy, StepInfo
+from trsplat.strategy.base import NoDensification, Strategy, StepInfo, StrategyGenerator
 from trsplat.strategy.build import STRATEGIES, build_strategy, steps_scale
 
-__all__ = ["NoDensification", "STRATEGIES", "Strategy", "StepInfo", "build_strategy", "steps_scale"]
+__all__ = ["NoDensification", "STRATEGIES", "Strategy", "StepInfo", "StrategyGenerator", "build_strategy", "steps_scale"]

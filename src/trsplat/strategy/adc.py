@@ -18,7 +18,8 @@ import torch
 
 from trsplat.gaussians import Gaussians
 from trsplat.strategy import ops
-from trsplat.strategy.base import Strategy, StepInfo
+from trsplat.render.project import quat_to_rotmat
+from trsplat.strategy.base import Strategy, StepInfo, StrategyGenerator
 
 RESET_OPACITY = 0.01
 SPLIT_CHILDREN = 2
@@ -52,13 +53,8 @@ def ndc_grad_norm(grad_px: torch.Tensor, width: int, height: int) -> torch.Tenso
 
 
 def rotation_matrices(quats: torch.Tensor) -> torch.Tensor:
-    """(N, 3, 3) rotations of (N, 4) unnormalised quaternions (w, x, y, z)."""
-    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(-1, 3, 3)
+    """(N, 3, 3) rotations of (N, 4) unnormalised quaternions (w, x, y, z), normalised as 3DGS."""
+    return quat_to_rotmat(torch.nn.functional.normalize(quats, dim=-1))
 
 
 class AdaptiveDensityControl(Strategy):
@@ -73,9 +69,7 @@ class AdaptiveDensityControl(Strategy):
         self.params = params
         self.extent = float(extent)
         self.white_background = white_background
-        self.seed = seed
-        self.generator: torch.Generator | None = None
-        self._generator_state: torch.Tensor | None = None
+        self.generator = StrategyGenerator(seed + 4241)
         self.grad_accum: torch.Tensor | None = None   # (N,) sum of NDC gradient norms over visible views
         self.count: torch.Tensor | None = None        # (N,) number of those views
         self.history: list[dict[str, int]] = []       # one record per refinement (counts)
@@ -157,7 +151,7 @@ class AdaptiveDensityControl(Strategy):
         params = {k: v.detach() for k, v in gaussians.params().items()}
         parents = rows.repeat(SPLIT_CHILDREN)
         scales = torch.exp(params["log_scales"][parents])
-        z = torch.randn(scales.shape, generator=self._rng(scales.device), device=scales.device)
+        z = torch.randn(scales.shape, generator=self.generator.on(scales.device), device=scales.device)
         offsets = (rotation_matrices(params["quats"][parents]) @ (scales * z)[:, :, None]).squeeze(-1)
         new = {k: v[parents] for k, v in params.items()}
         new["means"] = params["means"][parents] + offsets
@@ -176,20 +170,10 @@ class AdaptiveDensityControl(Strategy):
         policy = "inherit" if self.params.state_policy == "inherit" else "zero"
         ops.set_rows(gaussians, optimizer, rows, {"opacity_logits": clamped}, policy=policy)
 
-    def _rng(self, device: torch.device) -> torch.Generator:
-        if self.generator is None or self.generator.device != device:
-            self.generator = torch.Generator(device=device)
-            if self._generator_state is not None:
-                self.generator.set_state(self._generator_state)
-            else:
-                self.generator.manual_seed(self.seed + 4241)
-        return self.generator
-
     # -- resume -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        gen = self.generator.get_state() if self.generator is not None else self._generator_state
         return {"params": asdict(self.params), "grad_accum": _cpu(self.grad_accum), "count": _cpu(self.count),
-                "generator": gen, "history": list(self.history)}
+                "generator": self.generator.state_dict(), "history": list(self.history)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores the statistics and the generator; the schedule comes from the config (a
@@ -197,7 +181,7 @@ class AdaptiveDensityControl(Strategy):
         if not state:
             return
         self.grad_accum, self.count = state["grad_accum"], state["count"]
-        self._generator_state, self.generator = state["generator"], None
+        self.generator.load_state_dict(state["generator"])
         self.history = list(state["history"])
 
 

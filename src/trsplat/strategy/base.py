@@ -53,3 +53,30 @@ class Strategy:
 
 class NoDensification(Strategy):
     """A fixed set of Gaussians (the paper's protocol and trsplat's default)."""
+
+
+class StrategyGenerator:
+    """A strategy's own random generator: created on first use on the Gaussians' device, seeded
+    with ``seed``, its state saved in the checkpoint so that ``--resume`` draws the same numbers."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+        self._state: torch.Tensor | None = None   # a loaded state, applied on first use
+
+    def on(self, device: torch.device) -> torch.Generator:
+        """The generator on ``device`` (moved there with its state if it lived elsewhere)."""
+        if self._generator is None or self._generator.device != torch.device(device):
+            state = self.state_dict()
+            self._generator = torch.Generator(device=device)
+            if state is not None:
+                self._generator.set_state(state)
+            else:
+                self._generator.manual_seed(self.seed)
+        return self._generator
+
+    def state_dict(self) -> torch.Tensor | None:
+        return self._generator.get_state() if self._generator is not None else self._state
+
+    def load_state_dict(self, state: torch.Tensor | None) -> None:
+        self._generator, self._state = None, state

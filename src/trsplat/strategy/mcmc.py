@@ -20,7 +20,7 @@ import torch
 from trsplat.gaussians import Gaussians
 from trsplat.strategy import ops
 from trsplat.strategy.adc import rotation_matrices
-from trsplat.strategy.base import Strategy, StepInfo
+from trsplat.strategy.base import Strategy, StepInfo, StrategyGenerator
 
 MAX_RATIO = 51
 """Copies sharing one source are capped at this many (the binomial sums stay exact in float64)."""
@@ -76,9 +76,7 @@ class MCMC(Strategy):
         ops.inherits(params.state_policy, "")
         self.params = params
         self.position_lr = position_lr
-        self.seed = seed
-        self.generator: torch.Generator | None = None
-        self._generator_state: torch.Tensor | None = None
+        self.generator = StrategyGenerator(seed + 6007)
         self.history: list[dict[str, int]] = []
 
     def step_post_backward(self, gaussians: Gaussians, optimizer: torch.optim.Optimizer, info: StepInfo) -> None:
@@ -151,7 +149,7 @@ class MCMC(Strategy):
         if p.noise_lr <= 0:
             return
         means = gaussians.means.detach()
-        eps = torch.randn(means.shape, generator=self._rng(means.device), device=means.device)
+        eps = torch.randn(means.shape, generator=self.generator.on(means.device), device=means.device)
         gate = torch.sigmoid(-p.noise_k * (gaussians.opacities.detach() - p.noise_t))
         rot = rotation_matrices(gaussians.quats.detach())
         var = gaussians.scales.detach() ** 2
@@ -161,26 +159,17 @@ class MCMC(Strategy):
 
     def _sample(self, weights: torch.Tensor, n: int) -> torch.Tensor:
         """``n`` indices drawn with replacement with probability ∝ ``weights``."""
-        return torch.multinomial(weights, n, replacement=True, generator=self._rng(weights.device))
-
-    def _rng(self, device: torch.device) -> torch.Generator:
-        if self.generator is None or self.generator.device != device:
-            self.generator = torch.Generator(device=device)
-            if self._generator_state is not None:
-                self.generator.set_state(self._generator_state)
-            else:
-                self.generator.manual_seed(self.seed + 6007)
-        return self.generator
+        return torch.multinomial(weights, n, replacement=True, generator=self.generator.on(weights.device))
 
     # -- resume -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        gen = self.generator.get_state() if self.generator is not None else self._generator_state
-        return {"params": asdict(self.params), "generator": gen, "history": list(self.history)}
+        return {"params": asdict(self.params), "generator": self.generator.state_dict(),
+                "history": list(self.history)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores the generator; the schedule comes from the config (a resume that
         extends ``--iters`` re-spans it, as the optimiser's schedules)."""
         if not state:
             return
-        self._generator_state, self.generator = state["generator"], None
+        self.generator.load_state_dict(state["generator"])
         self.history = list(state["history"])
