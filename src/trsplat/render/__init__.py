@@ -50,7 +50,7 @@ def render(
     device = g.means.device
     bg = torch.as_tensor(background, dtype=g.means.dtype, device=device)
     proj = get_projector(backend)(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh, camera, sh_degree)
-    bins = bin_splats(proj.means2d, proj.radii, proj.depths, camera.width, camera.height)
+    bins = bin_splats(proj.means2d, proj.radii, proj.depths, camera.width, camera.height, proj.conics, proj.opacities)
     features = torch.cat([proj.colors, proj.depths[:, None]], dim=1)
     feat_bg = torch.cat([bg, torch.zeros(1, dtype=bg.dtype, device=device)])
     composite = get_compositor(backend)
