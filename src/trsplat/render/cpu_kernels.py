@@ -33,6 +33,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from trsplat.render.cpu_tiles import culling_ellipse
+
 TILE = 16
 TILE_PIX = TILE * TILE
 F32 = np.float32
@@ -193,12 +195,41 @@ def _power_floor(o):
     return np.float32(math.log(np.float64(ALPHA_MIN) / np.float64(o)) - 1e-4)
 
 
+# Per-splat row-span constants (splat_prep -> ell columns)
+N_ELL = 10
+(L_STATE, L_M, L_B, L_DET, L_INV_A, L_AT, L_XMAX, L_YMAX, L_YR, L_SLACK) = range(N_ELL)
+
+
 @njit(parallel=True, fastmath=False, cache=True, error_model="numpy")
-def power_floors(gdata, out):
-    """out[i] = :func:`_power_floor` of splat i's opacity (once per splat instead of per entry)."""
+def splat_prep(gdata, width, height, pfloor, ell):
+    """Per splat, once instead of per tile-list entry: pfloor[i] = :func:`_power_floor` of its
+    opacity, and ell[i] the constants of its culling ellipse
+    (:func:`trsplat.render.cpu_tiles.culling_ellipse`) from which the kernels take each row's
+    conservative column span (:func:`_row_spans`): state, margin m, B, det = AC − B², 1/A,
+    A·t, x_max = sqrt(tC/det), y_max = sqrt(tA/det), y at the largest x (−B·x_max/C) and a
+    rounding slack of 1e-7·(x_max + y_max).
+    """
     for i in prange(gdata.shape[0]):
         o = gdata[i, 5]
-        out[i] = _power_floor(o) if o >= ALPHA_MIN else ZERO
+        pfloor[i] = _power_floor(o) if o >= ALPHA_MIN else ZERO
+        aa, bb, cc, t, m, state = culling_ellipse(gdata[i, 0], gdata[i, 1], gdata[i, 2],
+                                                  gdata[i, 3], gdata[i, 4], o, width, height)
+        for k in range(N_ELL):
+            ell[i, k] = 0.0
+        ell[i, L_STATE] = state
+        if state > 0.0:
+            det = aa * cc - bb * bb
+            x_max = math.sqrt(t * cc / det)
+            y_max = math.sqrt(t * aa / det)
+            ell[i, L_M] = m
+            ell[i, L_B] = bb
+            ell[i, L_DET] = det
+            ell[i, L_INV_A] = 1.0 / aa
+            ell[i, L_AT] = aa * t
+            ell[i, L_XMAX] = x_max
+            ell[i, L_YMAX] = y_max
+            ell[i, L_YR] = -bb * x_max / cc
+            ell[i, L_SLACK] = 1e-7 * (x_max + y_max)
 
 
 # -- shared pieces of the tile kernels ---------------------------------------------------------
@@ -210,13 +241,14 @@ N_STATS = 2
 
 
 @njit(inline="always")
-def _gather(gdata, pfloor, boxes, splat_ids, lo, hi, x0, y0, x1, y1, tid, e_geo, e_feat, e_box,
-            with_feat):
+def _gather(gdata, pfloor, ell, boxes, splat_ids, lo, hi, x0, y0, x1, y1, tid, e_geo, e_feat,
+            e_box, e_ell, with_feat):
     """Copy entries [lo, hi) of the splat list into the thread's contiguous scratch.
 
     Per entry: the splat's parameters and power floor (e_geo), features (e_feat, if
-    ``with_feat``), and its pixel box clipped to the tile, in tile coordinates (e_box: x0, x1
-    exclusive, y0, y1 inclusive). The loads are independent, so their cache misses overlap.
+    ``with_feat``), its pixel box clipped to the tile, in tile coordinates (e_box: x0, x1
+    exclusive, y0, y1 inclusive) and its culling ellipse (e_ell). The loads are independent,
+    so their cache misses overlap.
     """
     n_ch = gdata.shape[1] - N_GEOM
     for e in range(hi - lo):
@@ -228,9 +260,49 @@ def _gather(gdata, pfloor, boxes, splat_ids, lo, hi, x0, y0, x1, y1, tid, e_geo,
         for k in range(N_GEOM):
             e_geo[tid, e, k] = gdata[g, k]
         e_geo[tid, e, 6] = pfloor[g]
+        for k in range(N_ELL):
+            e_ell[tid, e, k] = ell[g, k]
         if with_feat:
             for ch in range(n_ch):
                 e_feat[tid, e, ch] = gdata[g, N_GEOM + ch]
+
+
+@njit(inline="always")
+def _row_spans(e_ell, e_geo, tid, e, by0, by1, x0, y0, kx0, kx1, p_c0, p_c1):
+    """Columns [p_c0[ry], p_c1[ry]) (tile coordinates) of each row ry in [by0, by1] that the
+    entry's splat can reach, within its box columns [kx0, kx1): the x-extent of its culling
+    ellipse met with the row's strip |y − (my − py)| ≤ m (as cpu_tiles.ellipse_strip_span,
+    with the constants of :func:`splat_prep`). The box alone where the splat has no ellipse."""
+    if e_ell[tid, e, L_STATE] > 0.0:
+        m = e_ell[tid, e, L_M]
+        bb = e_ell[tid, e, L_B]
+        det = e_ell[tid, e, L_DET]
+        inv_a = e_ell[tid, e, L_INV_A]
+        a_t = e_ell[tid, e, L_AT]
+        y_max = e_ell[tid, e, L_YMAX]
+        y_r = e_ell[tid, e, L_YR]
+        slack = e_ell[tid, e, L_SLACK]
+        mx = np.float64(e_geo[tid, e, 0])
+        my = np.float64(e_geo[tid, e, 1]) - y0
+        fx0 = np.float64(kx0)
+        fx1 = np.float64(kx1)
+        for ry in range(np.uint64(by0), np.uint64(by1 + 1)):
+            dy = my - np.float64(ry)
+            lo = max(dy - m, -y_max)
+            hi = min(dy + m, y_max)
+            yr = min(max(y_r, lo), hi)
+            yl = min(max(-y_r, lo), hi)
+            x_hi = (-bb * yr + math.sqrt(max(a_t - det * yr * yr, 0.0))) * inv_a + slack
+            x_lo = (-bb * yl - math.sqrt(max(a_t - det * yl * yl, 0.0))) * inv_a - slack
+            c0 = max(math.ceil(mx - x_hi - m) - x0, fx0)
+            c1 = min(math.floor(mx - x_lo + m) - x0 + 1.0, fx1)
+            empty = (lo > hi) | (c0 >= c1)
+            p_c0[tid, ry] = np.int32(fx0 if empty else c0)
+            p_c1[tid, ry] = np.int32(fx0 if empty else c1)
+    else:
+        for ry in range(np.uint64(by0), np.uint64(by1 + 1)):
+            p_c0[tid, ry] = kx0
+            p_c1[tid, ry] = kx1
 
 
 @njit(inline="always")
@@ -281,19 +353,20 @@ def _max_list(tile_offsets: np.ndarray) -> int:
     return int(np.diff(tile_offsets).max()) if tile_offsets.shape[0] > 1 else 0
 
 
-def _floors(gdata: np.ndarray) -> np.ndarray:
-    out = np.empty(gdata.shape[0], dtype=np.float32)
+def _prep(gdata: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    pfloor = np.empty(gdata.shape[0], dtype=np.float32)
+    ell = np.empty((gdata.shape[0], N_ELL), dtype=np.float64)
     if gdata.shape[0]:
-        power_floors(gdata, out)
-    return out
+        splat_prep(gdata, width, height, pfloor, ell)
+    return pfloor, ell
 
 
 # -- forward ----------------------------------------------------------------------------------
 @njit(parallel=True, fastmath=False, cache=True, error_model="numpy")
-def _forward(gdata, pfloor, boxes, splat_ids, tile_offsets, grid_x, grid_y, width, height,
+def _forward(gdata, pfloor, ell, boxes, splat_ids, tile_offsets, grid_x, grid_y, width, height,
              background, image, t_final, n_used, stats,
-             e_geo, e_feat, e_box, p_trans, p_acc, p_last, p_alpha, p_ex, p_w, p_fx, p_col,
-             p_rows):
+             e_geo, e_feat, e_box, e_ell, p_trans, p_acc, p_last, p_alpha, p_ex, p_w, p_fx,
+             p_col, p_rows, p_c0, p_c1):
     n_ch = gdata.shape[1] - N_GEOM
     n_tiles = grid_x * grid_y
     for tile in prange(n_tiles):
@@ -320,8 +393,8 @@ def _forward(gdata, pfloor, boxes, splat_ids, tile_offsets, grid_x, grid_y, widt
         lo = start
         while lo < end and n_live > 0:
             hi = min(lo + CHUNK, end)
-            _gather(gdata, pfloor, boxes, splat_ids, lo, hi, x0, y0, x1, y1, tid, e_geo, e_feat,
-                    e_box, True)
+            _gather(gdata, pfloor, ell, boxes, splat_ids, lo, hi, x0, y0, x1, y1, tid, e_geo,
+                    e_feat, e_box, e_ell, True)
             for e in range(hi - lo):
                 if n_live == 0:
                     break
@@ -340,14 +413,17 @@ def _forward(gdata, pfloor, boxes, splat_ids, tile_offsets, grid_x, grid_y, widt
                 o = e_geo[tid, e, 5]
                 p_floor = e_geo[tid, e, 6]
                 jj = np.int32(lo - start + e + 1)
+                _row_spans(e_ell, e_geo, tid, e, by0, by1, x0, y0, kx0, kx1, p_c0, p_c1)
                 for ry in range(by0, by1 + 1):
-                    if p_rows[tid, ry] == 0:
+                    c0 = p_c0[tid, ry]
+                    c1 = p_c1[tid, ry]
+                    if p_rows[tid, ry] == 0 or c0 >= c1:
                         continue
                     dy = my - np.float32(y0 + ry)
-                    qa, qb = _row_lanes(kx0, kx1, ry)
+                    qa, qb = _row_lanes(c0, c1, ry)
                     lanes += qb - qa
                     _alpha_lanes(p_fx, p_col, p_alpha, p_ex, tid, qa, qb, mx, dy, a, b, c, o,
-                                 p_floor, kx0, kx1)
+                                 p_floor, c0, c1)
                     n_stop = 0
                     if n_ch == 4:  # the render path (RGB + depth): one fused pass
                         f0 = e_feat[tid, e, 0]
@@ -413,28 +489,30 @@ def forward_kernel(gdata, boxes, splat_ids, tile_offsets, grid_x, grid_y, width,
     receives per tile the (pixel, splat) lanes evaluated and the list entries visited.
     """
     n_ch = gdata.shape[1] - N_GEOM
-    nth = numba.get_num_threads()
+    nth = numba.config.NUMBA_NUM_THREADS  # thread ids run up to the pool size
     n_tiles = grid_x * grid_y
     m = min(CHUNK, _max_list(tile_offsets))
     sc = _scratch(nth, {
         "e_geo": ((m, E_GEO), np.float32), "e_feat": ((m, n_ch), np.float32),
-        "e_box": ((m, 4), np.int32), "p_trans": ((TILE_PIX,), np.float64),
+        "e_box": ((m, 4), np.int32), "e_ell": ((m, N_ELL), np.float64),
+        "p_trans": ((TILE_PIX,), np.float64),
         "p_acc": ((n_ch, TILE_PIX), np.float64), "p_last": ((TILE_PIX,), np.int32),
         "p_alpha": ((TILE_PIX,), np.float32), "p_ex": ((TILE_PIX,), np.float32),
         "p_w": ((TILE_PIX,), np.float32), "p_fx": ((TILE_PIX,), np.float32),
-        "p_col": ((TILE_PIX,), np.int32), "p_rows": ((TILE,), np.int64)})
+        "p_col": ((TILE_PIX,), np.int32), "p_rows": ((TILE,), np.int64),
+        "p_c0": ((TILE,), np.int32), "p_c1": ((TILE,), np.int32)})
     if stats is None:
         stats = np.empty((n_tiles, N_STATS), dtype=np.int64)
-    _forward(gdata, _floors(gdata), boxes, splat_ids, tile_offsets, grid_x, grid_y, width,
+    _forward(gdata, *_prep(gdata, width, height), boxes, splat_ids, tile_offsets, grid_x, grid_y, width,
              height, background, image, t_final, n_used, stats, **sc)
 
 
 # -- forward-mode JVP -------------------------------------------------------------------------
 @njit(parallel=True, fastmath=False, cache=True, error_model="numpy")
-def _jvp(gdata, tdata, pfloor, boxes, splat_ids, tile_offsets, grid_x, grid_y, width, height,
+def _jvp(gdata, tdata, pfloor, ell, boxes, splat_ids, tile_offsets, grid_x, grid_y, width, height,
          background, image, t_final, n_used, image_dot, alpha_dot, stats,
-         e_geo, e_feat, e_box, e_tan, p_trans, p_tdot, p_acc, p_adot, p_last, p_alpha, p_ex,
-         p_w, p_wd, p_fx, p_col, p_rows):
+         e_geo, e_feat, e_box, e_ell, e_tan, p_trans, p_tdot, p_acc, p_adot, p_last, p_alpha,
+         p_ex, p_w, p_wd, p_fx, p_col, p_rows, p_c0, p_c1):
     n_ch = gdata.shape[1] - N_GEOM
     n_tiles = grid_x * grid_y
     for tile in prange(n_tiles):
@@ -463,8 +541,8 @@ def _jvp(gdata, tdata, pfloor, boxes, splat_ids, tile_offsets, grid_x, grid_y, w
         lo = start
         while lo < end and n_live > 0:
             hi = min(lo + CHUNK, end)
-            _gather(gdata, pfloor, boxes, splat_ids, lo, hi, x0, y0, x1, y1, tid, e_geo, e_feat,
-                    e_box, True)
+            _gather(gdata, pfloor, ell, boxes, splat_ids, lo, hi, x0, y0, x1, y1, tid, e_geo,
+                    e_feat, e_box, e_ell, True)
             for e in range(hi - lo):
                 g = splat_ids[lo + e]
                 for k in range(N_GEOM + n_ch):
@@ -496,50 +574,98 @@ def _jvp(gdata, tdata, pfloor, boxes, splat_ids, tile_offsets, grid_x, grid_y, w
                 k4 = -np.float64(e_tan[tid, e, 3])
                 k5 = -0.5 * np.float64(e_tan[tid, e, 4])
                 o_d = np.float64(e_tan[tid, e, 5])
+                _row_spans(e_ell, e_geo, tid, e, by0, by1, x0, y0, kx0, kx1, p_c0, p_c1)
                 for ry in range(by0, by1 + 1):
-                    if p_rows[tid, ry] == 0:
+                    c0 = p_c0[tid, ry]
+                    c1 = p_c1[tid, ry]
+                    if p_rows[tid, ry] == 0 or c0 >= c1:
                         continue
                     dy = my - np.float32(y0 + ry)
                     ddy = np.float64(dy)
-                    qa, qb = _row_lanes(kx0, kx1, ry)
+                    qa, qb = _row_lanes(c0, c1, ry)
                     lanes += qb - qa
                     _alpha_lanes(p_fx, p_col, p_alpha, p_ex, tid, qa, qb, mx, dy, a, b, c, o,
-                                 p_floor, kx0, kx1)
+                                 p_floor, c0, c1)
                     n_stop = 0
-                    for q in range(qa, qb):
-                        alpha = p_alpha[tid, q]
-                        ex = p_ex[tid, q]
-                        t_old = p_trans[tid, q]
-                        ok = (alpha > ZERO) & (t_old > 0.0)
-                        test_t = t_old * np.float64(ONE - alpha)
-                        t32 = np.float32(test_t)
-                        stop = ok & (t32 < T_MIN)
-                        use = ok & (t32 >= T_MIN)
-                        n_stop += np.int64(stop)
-                        # tangent of alpha (zero where clamped, as torch.clamp_max)
-                        alpha_raw = o * ex
-                        ddx = np.float64(mx - p_fx[tid, q])
-                        pw_d = ddx * (k1 + k3 * ddx + k4 * ddy) + ddy * (k2 + k5 * ddy)
-                        al_d = 0.0 if alpha_raw > ALPHA_MAX else np.float64(ex) * o_d + np.float64(alpha_raw) * pw_d
-                        al64 = np.float64(alpha)
-                        td = p_tdot[tid, q]
-                        w = alpha * np.float32(t_old)
-                        w_d = al_d * np.float64(np.float32(t_old)) + al64 * td
-                        p_w[tid, q] = w if use else ZERO
-                        p_wd[tid, q] = w_d if use else 0.0
-                        p_tdot[tid, q] = (td * (1.0 - al64) - t_old * al_d) if use else (td + 0.0)
-                        p_trans[tid, q] = test_t if use else ((-t_old if stop else t_old) + 0.0)
-                        p_last[tid, q] = max(p_last[tid, q], jj if use else np.int32(0))
-                    for ch in range(n_ch):
-                        f = e_feat[tid, e, ch]
-                        f64 = np.float64(f)
-                        f_d = np.float64(e_tan[tid, e, N_GEOM + ch])
+                    if n_ch == 4:  # the render path: one fused pass
+                        f0 = e_feat[tid, e, 0]
+                        f1 = e_feat[tid, e, 1]
+                        f2 = e_feat[tid, e, 2]
+                        f3 = e_feat[tid, e, 3]
+                        g0 = np.float64(f0)
+                        g1 = np.float64(f1)
+                        g2 = np.float64(f2)
+                        g3 = np.float64(f3)
+                        d0 = np.float64(e_tan[tid, e, N_GEOM + 0])
+                        d1 = np.float64(e_tan[tid, e, N_GEOM + 1])
+                        d2 = np.float64(e_tan[tid, e, N_GEOM + 2])
+                        d3 = np.float64(e_tan[tid, e, N_GEOM + 3])
                         for q in range(qa, qb):
-                            w = p_w[tid, q]
-                            use = w > ZERO
-                            p_acc[tid, ch, q] = p_acc[tid, ch, q] + (np.float64(f * w) if use else 0.0)
-                            p_adot[tid, ch, q] = p_adot[tid, ch, q] + (
-                                (f_d * np.float64(w) + f64 * p_wd[tid, q]) if use else 0.0)
+                            alpha = p_alpha[tid, q]
+                            ex = p_ex[tid, q]
+                            t_old = p_trans[tid, q]
+                            ok = (alpha > ZERO) & (t_old > 0.0)
+                            test_t = t_old * np.float64(ONE - alpha)
+                            t32 = np.float32(test_t)
+                            stop = ok & (t32 < T_MIN)
+                            use = ok & (t32 >= T_MIN)
+                            n_stop += np.int64(stop)
+                            # tangent of alpha (zero where clamped, as torch.clamp_max)
+                            alpha_raw = o * ex
+                            ddx = np.float64(mx - p_fx[tid, q])
+                            pw_d = ddx * (k1 + k3 * ddx + k4 * ddy) + ddy * (k2 + k5 * ddy)
+                            al_d = 0.0 if alpha_raw > ALPHA_MAX else np.float64(ex) * o_d + np.float64(alpha_raw) * pw_d
+                            al64 = np.float64(alpha)
+                            td = p_tdot[tid, q]
+                            w = alpha * np.float32(t_old)
+                            w_d = al_d * np.float64(np.float32(t_old)) + al64 * td
+                            w64 = np.float64(w)
+                            p_acc[tid, 0, q] = p_acc[tid, 0, q] + (np.float64(f0 * w) if use else 0.0)
+                            p_acc[tid, 1, q] = p_acc[tid, 1, q] + (np.float64(f1 * w) if use else 0.0)
+                            p_acc[tid, 2, q] = p_acc[tid, 2, q] + (np.float64(f2 * w) if use else 0.0)
+                            p_acc[tid, 3, q] = p_acc[tid, 3, q] + (np.float64(f3 * w) if use else 0.0)
+                            p_adot[tid, 0, q] = p_adot[tid, 0, q] + ((d0 * w64 + g0 * w_d) if use else 0.0)
+                            p_adot[tid, 1, q] = p_adot[tid, 1, q] + ((d1 * w64 + g1 * w_d) if use else 0.0)
+                            p_adot[tid, 2, q] = p_adot[tid, 2, q] + ((d2 * w64 + g2 * w_d) if use else 0.0)
+                            p_adot[tid, 3, q] = p_adot[tid, 3, q] + ((d3 * w64 + g3 * w_d) if use else 0.0)
+                            p_tdot[tid, q] = (td * (1.0 - al64) - t_old * al_d) if use else (td + 0.0)
+                            p_trans[tid, q] = test_t if use else ((-t_old if stop else t_old) + 0.0)
+                            p_last[tid, q] = max(p_last[tid, q], jj if use else np.int32(0))
+                    else:
+                        for q in range(qa, qb):
+                            alpha = p_alpha[tid, q]
+                            ex = p_ex[tid, q]
+                            t_old = p_trans[tid, q]
+                            ok = (alpha > ZERO) & (t_old > 0.0)
+                            test_t = t_old * np.float64(ONE - alpha)
+                            t32 = np.float32(test_t)
+                            stop = ok & (t32 < T_MIN)
+                            use = ok & (t32 >= T_MIN)
+                            n_stop += np.int64(stop)
+                            # tangent of alpha (zero where clamped, as torch.clamp_max)
+                            alpha_raw = o * ex
+                            ddx = np.float64(mx - p_fx[tid, q])
+                            pw_d = ddx * (k1 + k3 * ddx + k4 * ddy) + ddy * (k2 + k5 * ddy)
+                            al_d = 0.0 if alpha_raw > ALPHA_MAX else np.float64(ex) * o_d + np.float64(alpha_raw) * pw_d
+                            al64 = np.float64(alpha)
+                            td = p_tdot[tid, q]
+                            w = alpha * np.float32(t_old)
+                            w_d = al_d * np.float64(np.float32(t_old)) + al64 * td
+                            p_w[tid, q] = w if use else ZERO
+                            p_wd[tid, q] = w_d if use else 0.0
+                            p_tdot[tid, q] = (td * (1.0 - al64) - t_old * al_d) if use else (td + 0.0)
+                            p_trans[tid, q] = test_t if use else ((-t_old if stop else t_old) + 0.0)
+                            p_last[tid, q] = max(p_last[tid, q], jj if use else np.int32(0))
+                        for ch in range(n_ch):
+                            f = e_feat[tid, e, ch]
+                            f64 = np.float64(f)
+                            f_d = np.float64(e_tan[tid, e, N_GEOM + ch])
+                            for q in range(qa, qb):
+                                w = p_w[tid, q]
+                                use = w > ZERO
+                                p_acc[tid, ch, q] = p_acc[tid, ch, q] + (np.float64(f * w) if use else 0.0)
+                                p_adot[tid, ch, q] = p_adot[tid, ch, q] + (
+                                    (f_d * np.float64(w) + f64 * p_wd[tid, q]) if use else 0.0)
                     p_rows[tid, ry] -= n_stop
                     n_live -= n_stop
             lo = hi
@@ -568,30 +694,32 @@ def jvp_kernel(gdata, tdata, boxes, splat_ids, tile_offsets, grid_x, grid_y, wid
     the caller adds as T_final · ḃg). ``stats`` as in :func:`forward_kernel`.
     """
     n_ch = gdata.shape[1] - N_GEOM
-    nth = numba.get_num_threads()
+    nth = numba.config.NUMBA_NUM_THREADS  # thread ids run up to the pool size
     n_tiles = grid_x * grid_y
     m = min(CHUNK, _max_list(tile_offsets))
     sc = _scratch(nth, {
         "e_geo": ((m, E_GEO), np.float32), "e_feat": ((m, n_ch), np.float32),
-        "e_box": ((m, 4), np.int32), "e_tan": ((m, N_GEOM + n_ch), np.float32),
+        "e_box": ((m, 4), np.int32), "e_ell": ((m, N_ELL), np.float64),
+        "e_tan": ((m, N_GEOM + n_ch), np.float32),
         "p_trans": ((TILE_PIX,), np.float64), "p_tdot": ((TILE_PIX,), np.float64),
         "p_acc": ((n_ch, TILE_PIX), np.float64), "p_adot": ((n_ch, TILE_PIX), np.float64),
         "p_last": ((TILE_PIX,), np.int32), "p_alpha": ((TILE_PIX,), np.float32),
         "p_ex": ((TILE_PIX,), np.float32), "p_w": ((TILE_PIX,), np.float32),
         "p_wd": ((TILE_PIX,), np.float64), "p_fx": ((TILE_PIX,), np.float32),
-        "p_col": ((TILE_PIX,), np.int32), "p_rows": ((TILE,), np.int64)})
+        "p_col": ((TILE_PIX,), np.int32), "p_rows": ((TILE,), np.int64),
+        "p_c0": ((TILE,), np.int32), "p_c1": ((TILE,), np.int32)})
     if stats is None:
         stats = np.empty((n_tiles, N_STATS), dtype=np.int64)
-    _jvp(gdata, tdata, _floors(gdata), boxes, splat_ids, tile_offsets, grid_x, grid_y, width,
+    _jvp(gdata, tdata, *_prep(gdata, width, height), boxes, splat_ids, tile_offsets, grid_x, grid_y, width,
          height, background, image, t_final, n_used, image_dot, alpha_dot, stats, **sc)
 
 
 # -- reverse-mode VJP -------------------------------------------------------------------------
 @njit(parallel=True, fastmath=False, cache=True, error_model="numpy")
-def _backward(gdata, pfloor, boxes, splat_ids, tile_offsets, grid_x, grid_y, width, height,
+def _backward(gdata, pfloor, ell, boxes, splat_ids, tile_offsets, grid_x, grid_y, width, height,
               background, t_final, n_used, grad_image, grad_alpha, entry_grads, stats,
-              e_geo, e_feat, e_box, p_trans, p_resid, p_gfin, p_last, p_gimg, p_alpha, p_ex,
-              p_gdf, p_wt, p_term, p_acc, p_fx, p_col):
+              e_geo, e_feat, e_box, e_ell, p_trans, p_resid, p_gfin, p_last, p_gimg, p_alpha,
+              p_ex, p_gdf, p_wt, p_term, p_acc, p_fx, p_col, p_c0, p_c1, p_rowmax):
     n_ch = gdata.shape[1] - N_GEOM
     n_k = N_GEOM + n_ch
     n_tiles = grid_x * grid_y
@@ -626,6 +754,10 @@ def _backward(gdata, pfloor, boxes, splat_ids, tile_offsets, grid_x, grid_y, wid
                 p_gfin[tid, q] = np.float64(grad_alpha[py, px]) * tf
                 p_last[tid, q] = n_used[py, px]
                 n_max = max(n_max, n_used[py, px])
+        for ry in range(TILE):
+            p_rowmax[tid, ry] = 0
+            for k in range(TILE):
+                p_rowmax[tid, ry] = max(p_rowmax[tid, ry], p_last[tid, ry * TILE + k])
         for j in range(start + n_max, end):
             for k in range(n_k):
                 entry_grads[j, k] = ZERO
@@ -633,12 +765,13 @@ def _backward(gdata, pfloor, boxes, splat_ids, tile_offsets, grid_x, grid_y, wid
         hi = start + n_max
         while hi > start:
             lo = max(start, hi - CHUNK)
-            _gather(gdata, pfloor, boxes, splat_ids, lo, hi, x0, y0, x1, y1, tid, e_geo, e_feat,
-                    e_box, True)
+            _gather(gdata, pfloor, ell, boxes, splat_ids, lo, hi, x0, y0, x1, y1, tid, e_geo,
+                    e_feat, e_box, e_ell, True)
             for e in range(hi - lo - 1, -1, -1):
                 jj = np.int32(lo - start + e)  # 0-based position in the tile list
                 for k in range(n_k):
                     p_acc[tid, k] = 0.0
+                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = 0.0
                 kx0 = e_box[tid, e, 0]
                 kx1 = e_box[tid, e, 1]
                 by0 = e_box[tid, e, 2]
@@ -654,53 +787,126 @@ def _backward(gdata, pfloor, boxes, splat_ids, tile_offsets, grid_x, grid_y, wid
                     a64 = np.float64(a)
                     b64 = np.float64(b)
                     c64 = np.float64(c)
+                    _row_spans(e_ell, e_geo, tid, e, by0, by1, x0, y0, kx0, kx1, p_c0, p_c1)
                     for ry in range(by0, by1 + 1):
+                        c0 = p_c0[tid, ry]
+                        c1 = p_c1[tid, ry]
+                        if jj >= p_rowmax[tid, ry] or c0 >= c1:
+                            continue
                         dy = my - np.float32(y0 + ry)
                         ddy = np.float64(dy)
-                        qa, qb = _row_lanes(kx0, kx1, ry)
+                        qa, qb = _row_lanes(c0, c1, ry)
                         lanes += qb - qa
                         _alpha_lanes(p_fx, p_col, p_alpha, p_ex, tid, qa, qb, mx, dy, a, b, c, o,
-                                     p_floor, kx0, kx1)
+                                     p_floor, c0, c1)
                         # only splats before the pixel's last contributor (the T stop is a prefix)
-                        for q in range(qa, qb):
-                            p_alpha[tid, q] = p_alpha[tid, q] if jj < p_last[tid, q] else ZERO
-                            p_gdf[tid, q] = 0.0
-                        for ch in range(n_ch):
-                            f = np.float64(e_feat[tid, e, ch])
+                        if n_ch == 4:  # the render path: one fused pass
+                            f0 = np.float64(e_feat[tid, e, 0])
+                            f1 = np.float64(e_feat[tid, e, 1])
+                            f2 = np.float64(e_feat[tid, e, 2])
+                            f3 = np.float64(e_feat[tid, e, 3])
                             for q in range(qa, qb):
-                                p_gdf[tid, q] = p_gdf[tid, q] + p_gimg[tid, ch, q] * f
-                        for q in range(qa, qb):
-                            alpha = p_alpha[tid, q]
-                            use = alpha > ZERO
-                            ex = p_ex[tid, q]
-                            alpha_raw = o * ex
-                            al64 = np.float64(alpha)
-                            one_m = np.float64(ONE - alpha)
-                            t_now = p_trans[tid, q]
-                            t_before = t_now / one_m
-                            gdotf = p_gdf[tid, q]
-                            r = p_resid[tid, q]
-                            g_alpha = t_before * (gdotf - r) + p_gfin[tid, q] / one_m
-                            p_resid[tid, q] = (al64 * gdotf + one_m * r) if use else (r + 0.0)
-                            p_trans[tid, q] = t_before if use else (t_now + 0.0)
-                            p_wt[tid, q] = al64 * t_before if use else 0.0
-                            live = use & (alpha_raw <= ALPHA_MAX)
-                            g_pow = g_alpha * np.float64(alpha_raw)
-                            ddx = np.float64(mx - p_fx[tid, q])
-                            p_term[tid, 5, q] = g_alpha * np.float64(ex) if live else 0.0
-                            p_term[tid, 0, q] = -g_pow * (a64 * ddx + b64 * ddy) if live else 0.0
-                            p_term[tid, 1, q] = -g_pow * (c64 * ddy + b64 * ddx) if live else 0.0
-                            p_term[tid, 2, q] = -0.5 * g_pow * ddx * ddx if live else 0.0
-                            p_term[tid, 3, q] = -g_pow * ddx * ddy if live else 0.0
-                            p_term[tid, 4, q] = -0.5 * g_pow * ddy * ddy if live else 0.0
-                        for ch in range(n_ch):
+                                alpha = p_alpha[tid, q]
+                                use = (alpha > ZERO) & (jj < p_last[tid, q])
+                                p_alpha[tid, q] = alpha if use else ZERO
+                                g0 = p_gimg[tid, 0, q]
+                                g1 = p_gimg[tid, 1, q]
+                                g2 = p_gimg[tid, 2, q]
+                                g3 = p_gimg[tid, 3, q]
+                                gdotf = 0.0 + g0 * f0
+                                gdotf = gdotf + g1 * f1
+                                gdotf = gdotf + g2 * f2
+                                gdotf = gdotf + g3 * f3
+                                ex = p_ex[tid, q]
+                                alpha_raw = o * ex
+                                al64 = np.float64(alpha)
+                                one_m = np.float64(ONE - alpha)
+                                t_now = p_trans[tid, q]
+                                t_before = t_now / one_m
+                                r = p_resid[tid, q]
+                                g_alpha = t_before * (gdotf - r) + p_gfin[tid, q] / one_m
+                                p_resid[tid, q] = (al64 * gdotf + one_m * r) if use else (r + 0.0)
+                                p_trans[tid, q] = t_before if use else (t_now + 0.0)
+                                wt = al64 * t_before
+                                live = use & (alpha_raw <= ALPHA_MAX)
+                                g_pow = g_alpha * np.float64(alpha_raw)
+                                ddx = np.float64(mx - p_fx[tid, q])
+                                p_term[tid, 5, q] = g_alpha * np.float64(ex) if live else 0.0
+                                p_term[tid, 0, q] = -g_pow * (a64 * ddx + b64 * ddy) if live else 0.0
+                                p_term[tid, 1, q] = -g_pow * (c64 * ddy + b64 * ddx) if live else 0.0
+                                p_term[tid, 2, q] = -0.5 * g_pow * ddx * ddx if live else 0.0
+                                p_term[tid, 3, q] = -g_pow * ddx * ddy if live else 0.0
+                                p_term[tid, 4, q] = -0.5 * g_pow * ddy * ddy if live else 0.0
+                                p_term[tid, 6, q] = g0 * wt if use else 0.0
+                                p_term[tid, 7, q] = g1 * wt if use else 0.0
+                                p_term[tid, 8, q] = g2 * wt if use else 0.0
+                                p_term[tid, 9, q] = g3 * wt if use else 0.0
+                        else:
                             for q in range(qa, qb):
-                                p_term[tid, N_GEOM + ch, q] = p_gimg[tid, ch, q] * p_wt[tid, q]
-                        # the entry's sums, pixel by pixel in row-major order (as before)
-                        for q in range(qa, qb):
-                            if p_alpha[tid, q] > ZERO:
+                                p_alpha[tid, q] = p_alpha[tid, q] if jj < p_last[tid, q] else ZERO
+                                p_gdf[tid, q] = 0.0
+                            for ch in range(n_ch):
+                                f = np.float64(e_feat[tid, e, ch])
+                                for q in range(qa, qb):
+                                    p_gdf[tid, q] = p_gdf[tid, q] + p_gimg[tid, ch, q] * f
+                            for q in range(qa, qb):
+                                alpha = p_alpha[tid, q]
+                                use = alpha > ZERO
+                                ex = p_ex[tid, q]
+                                alpha_raw = o * ex
+                                al64 = np.float64(alpha)
+                                one_m = np.float64(ONE - alpha)
+                                t_now = p_trans[tid, q]
+                                t_before = t_now / one_m
+                                gdotf = p_gdf[tid, q]
+                                r = p_resid[tid, q]
+                                g_alpha = t_before * (gdotf - r) + p_gfin[tid, q] / one_m
+                                p_resid[tid, q] = (al64 * gdotf + one_m * r) if use else (r + 0.0)
+                                p_trans[tid, q] = t_before if use else (t_now + 0.0)
+                                wt = al64 * t_before if use else 0.0
+                                live = use & (alpha_raw <= ALPHA_MAX)
+                                g_pow = g_alpha * np.float64(alpha_raw)
+                                ddx = np.float64(mx - p_fx[tid, q])
+                                p_term[tid, 5, q] = g_alpha * np.float64(ex) if live else 0.0
+                                p_term[tid, 0, q] = -g_pow * (a64 * ddx + b64 * ddy) if live else 0.0
+                                p_term[tid, 1, q] = -g_pow * (c64 * ddy + b64 * ddx) if live else 0.0
+                                p_term[tid, 2, q] = -0.5 * g_pow * ddx * ddx if live else 0.0
+                                p_term[tid, 3, q] = -g_pow * ddx * ddy if live else 0.0
+                                p_term[tid, 4, q] = -0.5 * g_pow * ddy * ddy if live else 0.0
+                                p_wt[tid, q] = wt
+                            for ch in range(n_ch):
+                                for q in range(qa, qb):
+                                    p_term[tid, N_GEOM + ch, q] = p_gimg[tid, ch, q] * p_wt[tid, q]
+                        # The entry's sums, pixel by pixel in row-major order as in the scalar
+                        # kernels; unused lanes add +0.0 (which can only turn a -0.0 sum into
+                        # +0.0, and the per-splat reduction starts from +0.0 anyway).
+                        if n_k == 10:  # the render path: sums in registers
+                            for q in range(qa, qb):
+                                s0 += p_term[tid, 0, q]
+                                s1 += p_term[tid, 1, q]
+                                s2 += p_term[tid, 2, q]
+                                s3 += p_term[tid, 3, q]
+                                s4 += p_term[tid, 4, q]
+                                s5 += p_term[tid, 5, q]
+                                s6 += p_term[tid, 6, q]
+                                s7 += p_term[tid, 7, q]
+                                s8 += p_term[tid, 8, q]
+                                s9 += p_term[tid, 9, q]
+                        else:
+                            for q in range(qa, qb):
                                 for k in range(n_k):
                                     p_acc[tid, k] += p_term[tid, k, q]
+                if n_k == 10:
+                    p_acc[tid, 0] = s0
+                    p_acc[tid, 1] = s1
+                    p_acc[tid, 2] = s2
+                    p_acc[tid, 3] = s3
+                    p_acc[tid, 4] = s4
+                    p_acc[tid, 5] = s5
+                    p_acc[tid, 6] = s6
+                    p_acc[tid, 7] = s7
+                    p_acc[tid, 8] = s8
+                    p_acc[tid, 9] = s9
                 for k in range(n_k):
                     entry_grads[lo + e, k] = np.float32(p_acc[tid, k])
             hi = lo
@@ -721,21 +927,22 @@ def backward_kernel(gdata, boxes, splat_ids, tile_offsets, grid_x, grid_y, width
     """
     n_ch = gdata.shape[1] - N_GEOM
     n_k = N_GEOM + n_ch
-    nth = numba.get_num_threads()
+    nth = numba.config.NUMBA_NUM_THREADS  # thread ids run up to the pool size
     n_tiles = grid_x * grid_y
     m = min(CHUNK, _max_list(tile_offsets))
     sc = _scratch(nth, {
         "e_geo": ((m, E_GEO), np.float32), "e_feat": ((m, n_ch), np.float32),
-        "e_box": ((m, 4), np.int32), "p_trans": ((TILE_PIX,), np.float64),
-        "p_resid": ((TILE_PIX,), np.float64), "p_gfin": ((TILE_PIX,), np.float64),
+        "e_box": ((m, 4), np.int32), "e_ell": ((m, N_ELL), np.float64),
+        "p_trans": ((TILE_PIX,), np.float64), "p_resid": ((TILE_PIX,), np.float64), "p_gfin": ((TILE_PIX,), np.float64),
         "p_last": ((TILE_PIX,), np.int32), "p_gimg": ((n_ch, TILE_PIX), np.float64),
         "p_alpha": ((TILE_PIX,), np.float32), "p_ex": ((TILE_PIX,), np.float32),
         "p_gdf": ((TILE_PIX,), np.float64), "p_wt": ((TILE_PIX,), np.float64),
         "p_term": ((n_k, TILE_PIX), np.float64), "p_acc": ((n_k,), np.float64),
-        "p_fx": ((TILE_PIX,), np.float32), "p_col": ((TILE_PIX,), np.int32)})
+        "p_fx": ((TILE_PIX,), np.float32), "p_col": ((TILE_PIX,), np.int32),
+        "p_c0": ((TILE,), np.int32), "p_c1": ((TILE,), np.int32), "p_rowmax": ((TILE,), np.int32)})
     if stats is None:
         stats = np.empty((n_tiles, N_STATS), dtype=np.int64)
-    _backward(gdata, _floors(gdata), boxes, splat_ids, tile_offsets, grid_x, grid_y, width,
+    _backward(gdata, *_prep(gdata, width, height), boxes, splat_ids, tile_offsets, grid_x, grid_y, width,
               height, background, t_final, n_used, grad_image, grad_alpha, entry_grads, stats,
               **sc)
 
