@@ -125,7 +125,7 @@ def synthetic_scene(n: int, width: int, height: int, seed: int = 0, sigma_px: fl
     return g, cam
 
 
-def chair_camera(data_dir: str | os.PathLike = DEFAULT_DATA):
+def chair_camera(data_dir: str | os.PathLike = DEFAULT_DATA, size: int = 800):
     """Frame 0 of the Blender capture in ``data_dir`` as a :class:`Camera`, or None if absent.
 
     Returns (camera, source file name).
@@ -147,20 +147,20 @@ def chair_camera(data_dir: str | os.PathLike = DEFAULT_DATA):
     c2w = np.array(frame["transform_matrix"], dtype=np.float64)
     c2w[:3, 1:3] *= -1.0  # OpenGL (x right, y up, z back) -> OpenCV (x right, y down, z forward)
     w2c = np.linalg.inv(c2w)
-    width = height = 800
+    width = height = int(size)  # the captures are 800x800; smaller sizes are downscales
     fx = 0.5 * width / math.tan(0.5 * float(meta["camera_angle_x"]))
     cam = Camera(width, height, fx, fx, width / 2.0, height / 2.0,
                  torch.from_numpy(w2c).float(), name=f"{data_dir.name}/{frame['file_path']}")
     return cam, name
 
 
-def chair_scene(n: int, seed: int = 0, data_dir: str | os.PathLike = DEFAULT_DATA):
-    """``n`` random Gaussians in the ±1.3 cube seen from the chair's frame 0, or None."""
+def chair_scene(n: int, seed: int = 0, data_dir: str | os.PathLike = DEFAULT_DATA, size: int = 800):
+    """``n`` random Gaussians in the ±1.3 cube seen from the chair's frame 0 (size x size), or None."""
     import torch
 
     from trsplat.gaussians import mean_knn_distance
 
-    found = chair_camera(data_dir)
+    found = chair_camera(data_dir, size)
     if found is None:
         return None
     cam, _ = found
@@ -176,7 +176,7 @@ def make_scene(case: BenchCase, data_dir=DEFAULT_DATA):
     if case.kind == "synthetic":
         return synthetic_scene(case.n_gaussians, case.width, case.height, case.seed)
     if case.kind == "chair":
-        return chair_scene(case.n_gaussians, case.seed, data_dir)
+        return chair_scene(case.n_gaussians, case.seed, data_dir, case.width)
     raise ValueError(f"unknown bench case kind {case.kind!r}")
 
 
@@ -230,6 +230,153 @@ def _load() -> dict[str, Any]:
     return out
 
 
+# -- kernel-level pairs and the roofline probe -----------------------------------------------------
+def _probe_kernel():
+    """The roofline probe (numba, compiled on first use): a plain blend loop with no culling.
+
+    For every tile and every entry of its splat list it evaluates all 256 pixels: the float32
+    power, ``exp32``, α = min(0.99, o·exp), the α ≥ 1/255 test, the float64 transmittance
+    update (one vectorizable loop over the 256 pixels) and the float64 colour accumulation (one
+    per channel); no pixel boxes, row spans, early stop or 4-lane bookkeeping. Its (pixel, splat) pairs per second
+    is the rate of the blending arithmetic itself on this machine, the yardstick for the
+    kernels' pairs per second. Returns the image (not the compositor's: no T < 1e-4 stop).
+    """
+    import numba
+    import numpy as np
+    from numba import njit, prange
+
+    from trsplat.render import cpu_kernels as K
+
+    @njit(parallel=True, fastmath=False, cache=True, error_model="numpy")
+    def probe(gdata, splat_ids, tile_offsets, grid_x, grid_y, width, height, image):
+        n_ch = gdata.shape[1] - K.N_GEOM
+        for tile in prange(grid_x * grid_y):
+            x0 = (tile % grid_x) * K.TILE
+            y0 = (tile // grid_x) * K.TILE
+            trans = np.ones(K.TILE_PIX, dtype=np.float64)
+            acc = np.zeros((n_ch, K.TILE_PIX), dtype=np.float64)
+            fx = np.empty(K.TILE_PIX, dtype=np.float32)
+            fy = np.empty(K.TILE_PIX, dtype=np.float32)
+            wk = np.empty(K.TILE_PIX, dtype=np.float32)
+            for q in range(K.TILE_PIX):
+                fx[q] = np.float32(x0 + q % K.TILE)
+                fy[q] = np.float32(y0 + q // K.TILE)
+            for j in range(tile_offsets[tile], tile_offsets[tile + 1]):
+                g = splat_ids[j]
+                mx = gdata[g, 0]
+                my = gdata[g, 1]
+                a = gdata[g, 2]
+                b = gdata[g, 3]
+                c = gdata[g, 4]
+                o = gdata[g, 5]
+                for q in range(np.uint64(0), np.uint64(K.TILE_PIX)):
+                    dx = mx - fx[q]
+                    dy = my - fy[q]
+                    power = -K.HALF * (a * dx * dx + c * dy * dy) - b * dx * dy
+                    pc = power if power >= K.EXP_LO else K.EXP_LO
+                    pc = pc if pc <= K.ZERO else K.ZERO
+                    alpha = o * K.exp32(pc)
+                    alpha = K.ALPHA_MAX if alpha > K.ALPHA_MAX else alpha
+                    use = (power <= K.ZERO) & (alpha >= K.ALPHA_MIN)
+                    t_old = trans[q]
+                    wk[q] = alpha * np.float32(t_old) if use else K.ZERO
+                    trans[q] = t_old * np.float64(K.ONE - alpha) if use else t_old + 0.0
+                for ch in range(n_ch):
+                    f = gdata[g, K.N_GEOM + ch]
+                    for q in range(np.uint64(0), np.uint64(K.TILE_PIX)):
+                        acc[ch, q] = acc[ch, q] + np.float64(f * wk[q])
+            for q in range(K.TILE_PIX):
+                px = x0 + q % K.TILE
+                py = y0 + q // K.TILE
+                if px < width and py < height:
+                    for ch in range(n_ch):
+                        image[py, px, ch] = np.float32(acc[ch, q])
+
+    return probe
+
+
+_PROBE = None
+
+
+def run_probe(gdata, splat_ids, tile_offsets, grid_x: int, grid_y: int, width: int, height: int):
+    """Run the roofline probe (:func:`_probe_kernel`) once; returns the pairs it evaluated."""
+    import numpy as np
+
+    from trsplat.render import cpu_kernels as K
+
+    global _PROBE
+    if _PROBE is None:
+        _PROBE = _probe_kernel()
+    image = np.empty((height, width, gdata.shape[1] - K.N_GEOM), dtype=np.float32)
+    K.run_parallel(_PROBE, gdata, splat_ids, tile_offsets, grid_x, grid_y, width, height, image)
+    return K.TILE_PIX * int(splat_ids.shape[0])
+
+
+def measure_kernels(proj, bins, width: int, height: int, repeats: int, seed: int = 0) -> dict[str, Any]:
+    """Kernel-level timings of the ``cpu`` compositor on one view (no autograd, no glue).
+
+    For forward, VJP and JVP: seconds (median of ``repeats``), the (pixel, splat) pairs the kernel
+    evaluated (its 4-lane row spans; ``cpu_kernels.STAT_PAIRS``), pairs per second, and that rate
+    as a fraction of the roofline probe's (:func:`run_probe`, 256 pairs per tile-list entry). The
+    VJP includes the per-splat reduction of its entry rows.
+    """
+    import numpy as np
+    import torch
+
+    from trsplat.render import cpu_kernels as K
+    from trsplat.render.composite_cpu import _boxes, _pack
+
+    with torch.no_grad():
+        features = torch.cat([proj.colors, proj.depths[:, None]], dim=1)
+        gdata = _pack(proj.means2d, proj.conics, proj.opacities, features)
+    boxes = _boxes(gdata, width, height)
+    sid = bins.splat_ids.numpy()
+    off = bins.tile_offsets.numpy()
+    gx, gy = bins.grid_x, bins.grid_y
+    bg = np.array([1.0, 1.0, 1.0, 0.0], dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    tdata = rng.standard_normal(gdata.shape).astype(np.float32)
+    g_img = rng.standard_normal((height, width, 4)).astype(np.float32)
+    g_alpha = rng.standard_normal((height, width)).astype(np.float32)
+    image = np.empty((height, width, 4), np.float32)
+    t_final = np.empty((height, width), np.float64)
+    n_used = np.empty((height, width), np.int32)
+    stats = np.zeros((gx * gy, K.N_STATS), np.int64)
+
+    def fwd():
+        K.run_parallel(K.forward_kernel, gdata, boxes, sid, off, gx, gy, width, height, bg,
+                       image, t_final, n_used, stats)
+
+    fwd()
+    tf, nu = t_final.copy(), n_used.copy()
+
+    def vjp():
+        ent = np.empty((sid.shape[0], gdata.shape[1]), np.float32)
+        K.run_parallel(K.backward_kernel, gdata, boxes, sid, off, gx, gy, width, height, bg, tf,
+                       nu, g_img, g_alpha, ent, stats)
+        K.reduce_entries(sid, ent, gdata.shape[0], max(1, K.numba.get_num_threads()))
+
+    def jvp():
+        K.run_parallel(K.jvp_kernel, gdata, tdata, boxes, sid, off, gx, gy, width, height, bg,
+                       image.copy(), t_final.copy(), n_used.copy(), image.copy(),
+                       np.empty((height, width), np.float32), stats)
+
+    out: dict[str, Any] = {"entries": int(sid.shape[0])}
+    for name, fn in (("forward", fwd), ("vjp", vjp), ("jvp", jvp)):
+        fn()
+        pairs = int(stats[:, K.STAT_PAIRS].sum())
+        t, _ = _median_time(fn, repeats)
+        out[name] = {"s": t, "pairs": pairs, "pairs_per_s": pairs / t,
+                     "entries_visited": int(stats[:, K.STAT_ENTRIES].sum())}
+    n_pairs = run_probe(gdata, sid, off, gx, gy, width, height)
+    t, _ = _median_time(lambda: run_probe(gdata, sid, off, gx, gy, width, height), repeats)
+    out["probe"] = {"s": t, "pairs": n_pairs, "pairs_per_s": n_pairs / t}
+    for name in ("forward", "vjp", "jvp"):
+        out[name]["fraction_of_probe"] = out[name]["pairs_per_s"] / out["probe"]["pairs_per_s"]
+    return out
+
+
+
 def measure_case(case: BenchCase, backend: str, repeats: int = 5, max_reference_s: float = 150.0,
                  data_dir=DEFAULT_DATA) -> dict[str, Any]:
     """Time one (case, backend) in this process. See the module docstring for the fields."""
@@ -255,7 +402,7 @@ def measure_case(case: BenchCase, backend: str, repeats: int = 5, max_reference_
     g, cam = scene
     if case.kind == "chair":
         result["camera"] = cam.name
-        result["camera_file"] = chair_camera(data_dir)[1]
+        result["camera_file"] = chair_camera(data_dir, case.width)[1]
     torch.manual_seed(case.seed + 1)
     cot = torch.randn(cam.height, cam.width, 3)
     tangents = {k: torch.randn_like(v) for k, v in g.params().items()}
@@ -264,7 +411,8 @@ def measure_case(case: BenchCase, backend: str, repeats: int = 5, max_reference_
         t0 = time.perf_counter()
         proj = project_fn(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh, cam, 3)
         t1 = time.perf_counter()
-        bins = bin_splats(proj.means2d, proj.radii, proj.depths, cam.width, cam.height)
+        bins = bin_splats(proj.means2d, proj.radii, proj.depths, cam.width, cam.height,
+                          proj.conics, proj.opacities)
         t2 = time.perf_counter()
     result["n_visible"] = int(proj.ids.numel())
     result["n_intersections"] = int(bins.splat_ids.numel())
@@ -349,11 +497,14 @@ def measure_case(case: BenchCase, backend: str, repeats: int = 5, max_reference_
             project_fn(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh, cam, 3)
 
         def bin_fn():
-            bin_splats(proj.means2d, proj.radii, proj.depths, cam.width, cam.height)
+            bin_splats(proj.means2d, proj.radii, proj.depths, cam.width, cam.height,
+                       proj.conics, proj.opacities)
 
         result["stage_project_s"], _ = _median_time(proj_fn, reps)
         result["stage_bin_s"], _ = _median_time(bin_fn, reps)
         result["stage_composite_s"], _ = _median_time(comp, reps)
+    if backend == "cpu":
+        result["kernels"] = measure_kernels(proj, bins, cam.width, cam.height, reps, case.seed)
     result["first_project_s"] = t1 - t0
     result["first_bin_s"] = t2 - t1
     result["reference_padded_pairs"] = pairs
@@ -588,6 +739,19 @@ def format_table(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_row(c) for c in result["cases"]]
+    kern = [c for c in result["cases"] if c.get("kernels")]
+    if kern:
+        lines += ["", "Compositing kernels alone (pairs: (pixel, splat) pairs evaluated; probe: plain "
+                  "blend loop over every pixel of every tile-list entry, no culling):", "",
+                  "| case | kernel | time | pairs | pairs/s | of probe's pairs/s |",
+                  "|---|---|---|---|---|---|"]
+        for c in kern:
+            k = c["kernels"]
+            for name in ("forward", "vjp", "jvp", "probe"):
+                r = k[name]
+                frac = f"{100 * r['fraction_of_probe']:.0f}%" if "fraction_of_probe" in r else "—"
+                lines.append(f"| {c['case']} | {name} | {_fmt(r['s'])} | {r['pairs'] / 1e6:.2f} M | "
+                             f"{r['pairs_per_s'] / 1e6:.0f} M/s | {frac} |")
     comp = result.get("compile_s", {})
     for key, val in comp.items():
         if isinstance(val, dict) and "total_s" in val:
@@ -598,18 +762,25 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 # -- command line ---------------------------------------------------------------------------------
+def _count(text: str) -> int:
+    return int(float(text.lower().replace("k", "e3").replace("m", "e6")))
+
+
 def _parse_case(text: str) -> BenchCase:
-    """``N:WxH`` (synthetic) or ``chair:N`` ."""
+    """``N:WxH`` (synthetic) or ``chair[:N[:SIZE]]`` (SIZE x SIZE, default 800; 200 = --downscale 4)."""
     try:
         if text.startswith("chair"):
-            n = int(text.split(":")[1]) if ":" in text else 100_000
-            return BenchCase(f"chair-{n // 1000}k-800", n, 800, 800, kind="chair")
+            parts = text.split(":")
+            n = _count(parts[1]) if len(parts) > 1 else 100_000
+            size = int(parts[2]) if len(parts) > 2 else 800
+            return BenchCase(f"chair-{n // 1000}k-{size}", n, size, size, kind="chair")
         n_txt, size = text.split(":")
-        n = int(float(n_txt.lower().replace("k", "e3").replace("m", "e6")))
+        n = _count(n_txt)
         w, h = (int(v) for v in size.lower().split("x"))
         return BenchCase(f"synthetic-{n_txt}-{w}x{h}", n, w, h)
     except (ValueError, IndexError):
-        raise argparse.ArgumentTypeError(f"bad case {text!r}: use N:WxH (e.g. 100k:400x400) or chair[:N]") from None
+        raise argparse.ArgumentTypeError(
+            f"bad case {text!r}: use N:WxH (e.g. 100k:400x400) or chair[:N[:SIZE]]") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -618,7 +789,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backends", default="cpu,reference",
                         help="comma-separated backends (default: cpu,reference)")
     parser.add_argument("--case", dest="cases", action="append", type=_parse_case, default=None,
-                        help="scene N:WxH (synthetic) or chair[:N]; repeatable (default: 10k:200x200, "
+                        help="scene N:WxH (synthetic) or chair[:N[:SIZE]]; repeatable (default: 10k:200x200, "
                              "100k:400x400, 300k:800x800, chair:100k)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
     parser.add_argument("--max-reference-s", type=float, default=150.0,

@@ -57,7 +57,8 @@ def render(
     stages = get_backend(resolve_backend(backend))
     bg = torch.as_tensor(background, dtype=g.means.dtype, device=device)
     proj = stages.project(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh, camera, sh_degree)
-    bins = stages.bin(proj.means2d, proj.radii, proj.depths, camera.width, camera.height)
+    bins = stages.bin(proj.means2d, proj.radii, proj.depths, camera.width, camera.height, proj.conics,
+                      proj.opacities)
     features = torch.cat([proj.colors, proj.depths[:, None]], dim=1)
     feat_bg = torch.cat([bg, torch.zeros(1, dtype=bg.dtype, device=device)])
     n = len(g)

@@ -25,10 +25,15 @@ intersections.
 from __future__ import annotations
 
 import math
+from decimal import Decimal, getcontext
 
 import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from trsplat.render.cpu_tiles import culling_ellipse
 
 TILE = 16
 TILE_PIX = TILE * TILE
@@ -113,24 +118,76 @@ def splat_boxes(gdata, width, height, boxes):
             boxes[i, 3] = height - 1
 
 
-@njit(inline="always")
-def _power(mx, my, a, b, c, fx, fy):
-    """The reference's float32 power -0.5·(a·dx² + c·dy²) − b·dx·dy, same operation order."""
-    dx = mx - fx
-    dy = my - fy
-    return -HALF * (a * dx * dx + c * dy * dy) - b * dx * dy, dx, dy
+# -- exp -------------------------------------------------------------------------------------
+@intrinsic
+def _f64_bits(typingctx, x):
+    """The bit pattern of a float64 as int64 (an LLVM bitcast, vectorizable)."""
+    sig = types.int64(types.float64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _bits_f64(typingctx, x):
+    """The float64 with a given int64 bit pattern (an LLVM bitcast, vectorizable)."""
+    sig = types.float64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return sig, codegen
+
+
+def _exp_table() -> np.ndarray:
+    """tab[i] = bits(round-to-nearest 2^(i/32)) − (i << 47), i = 0..31 (see :func:`exp32`)."""
+    getcontext().prec = 60
+    tab = np.empty(32, dtype=np.int64)
+    for i in range(32):
+        value = float(Decimal(2) ** (Decimal(i) / Decimal(32)))  # correctly rounded
+        tab[i] = int(np.array(value).view(np.int64)) - (i << 47)
+    return tab
+
+
+EXP_TAB = _exp_table()
+_EXP_INVLN2N = float.fromhex("0x1.71547652b82fep+0") * 32.0
+_EXP_SHIFT = float.fromhex("0x1.8p+52")
+_EXP_C0 = float.fromhex("0x1.c6af84b912394p-5") / 32.0 / 32.0 / 32.0
+_EXP_C1 = float.fromhex("0x1.ebfce50fac4f3p-3") / 32.0 / 32.0
+_EXP_C2 = float.fromhex("0x1.62e42ff0c52d6p-1") / 32.0
+EXP_LO = np.float32(-100.0)  # exp32's inputs are clamped to [EXP_LO, 0] by the kernels
 
 
 @njit(inline="always")
-def _exp32(power):
-    # float32 libm expf (nearly always correctly rounded; torch's float32 exp differs from the
-    # correctly rounded value in ~1% of inputs by one ulp, so near-ties can flip either way).
-    return math.exp(power)
+def exp32(x):
+    """float32 exp of x in [-100, 0] with glibc's ``expf`` algorithm, vectorizable.
+
+    x·32/ln2 = k + r (k rounded to nearest with the 1.5·2^52 shift), 2^(k/32) from the
+    32-entry table, a cubic in r, all in float64, rounded once to float32: the same operations
+    as glibc ≥ 2.28's ``expf`` (and musl's), so the results are bit-identical to the libm ``expf``
+    the previous scalar kernels called (checked exhaustively on [-5.6, 0], the range where the
+    kernels' decisions and values use it; ``docs/cpu_performance.md``). Unlike a libm call it
+    has no branches and LLVM vectorizes it (the table reads stay scalar loads).
+    """
+    xd = np.float64(x)
+    z = _EXP_INVLN2N * xd
+    kd = z + _EXP_SHIFT
+    ki = _f64_bits(kd)
+    kd = kd - _EXP_SHIFT
+    r = z - kd
+    s = _bits_f64(EXP_TAB[np.uint64(ki & 31)] + (ki << 47))
+    p = _EXP_C0 * r + _EXP_C1
+    r2 = r * r
+    y = _EXP_C2 * r + 1.0
+    y = p * r2 + y
+    return np.float32(y * s)
 
 
 @njit(inline="always")
 def _power_floor(o):
-    """A float32 power below which α = o·exp(power) < 1/255 for certain (skips the exp).
+    """A float32 power below which α = o·exp(power) < 1/255 for certain (skips the pixel).
 
     ln(α_min / o) lowered by 1e-4, far more than the float32 rounding of exp, the product and
     this threshold itself, so the skip never changes a decision.
@@ -138,308 +195,756 @@ def _power_floor(o):
     return np.float32(math.log(np.float64(ALPHA_MIN) / np.float64(o)) - 1e-4)
 
 
-@njit(parallel=True, fastmath=False, cache=True, error_model="numpy")
-def forward_kernel(gdata, boxes, splat_ids, tile_offsets, grid_x, grid_y, width, height,
-                   background, image, t_final, n_used):
-    """Front-to-back compositing. Writes image (H, W, C) f32, t_final (H, W) f64, n_used (H, W) i32.
+# Per-splat row-span constants (splat_prep -> ell columns)
+N_ELL = 10
+(L_STATE, L_M, L_B, L_DET, L_INV_A, L_AT, L_XMAX, L_YMAX, L_YR, L_SLACK) = range(N_ELL)
 
-    ``n_used[y, x]`` is the position (1-based) in the pixel's tile list of its last
-    contributing splat, 0 when nothing contributed.
+
+@njit(parallel=True, fastmath=False, cache=True, error_model="numpy")
+def splat_prep(gdata, width, height, pfloor, ell):
+    """Per splat, once instead of per tile-list entry: pfloor[i] = :func:`_power_floor` of its
+    opacity, and ell[i] the constants of its culling ellipse
+    (:func:`trsplat.render.cpu_tiles.culling_ellipse`) from which the kernels take each row's
+    conservative column span (:func:`_row_spans`): state, margin m, B, det = AC − B², 1/A,
+    A·t, x_max = sqrt(tC/det), y_max = sqrt(tA/det), y at the largest x (−B·x_max/C) and a
+    rounding slack of 1e-7·(x_max + y_max).
     """
+    for i in prange(gdata.shape[0]):
+        o = gdata[i, 5]
+        pfloor[i] = _power_floor(o) if o >= ALPHA_MIN else ZERO
+        aa, bb, cc, t, m, state = culling_ellipse(gdata[i, 0], gdata[i, 1], gdata[i, 2],
+                                                  gdata[i, 3], gdata[i, 4], o, width, height)
+        for k in range(N_ELL):
+            ell[i, k] = 0.0
+        ell[i, L_STATE] = state
+        if state > 0.0:
+            det = aa * cc - bb * bb
+            x_max = math.sqrt(t * cc / det)
+            y_max = math.sqrt(t * aa / det)
+            ell[i, L_M] = m
+            ell[i, L_B] = bb
+            ell[i, L_DET] = det
+            ell[i, L_INV_A] = 1.0 / aa
+            ell[i, L_AT] = aa * t
+            ell[i, L_XMAX] = x_max
+            ell[i, L_YMAX] = y_max
+            ell[i, L_YR] = -bb * x_max / cc
+            ell[i, L_SLACK] = 1e-7 * (x_max + y_max)
+
+
+# -- shared pieces of the tile kernels ---------------------------------------------------------
+CHUNK = 128          # tile-list entries gathered into the thread's scratch at a time
+E_GEO = 7            # gathered per entry: mx, my, a, b, c, o, power floor
+STAT_PAIRS = 0       # stats[tile, STAT_PAIRS]: (pixel, splat) lanes evaluated
+STAT_ENTRIES = 1     # stats[tile, STAT_ENTRIES]: tile-list entries visited
+N_STATS = 2
+
+
+@njit(inline="always")
+def _gather(gdata, pfloor, ell, boxes, splat_ids, lo, hi, x0, y0, x1, y1, tid, e_geo, e_feat,
+            e_box, e_ell, with_feat):
+    """Copy entries [lo, hi) of the splat list into the thread's contiguous scratch.
+
+    Per entry: the splat's parameters and power floor (e_geo), features (e_feat, if
+    ``with_feat``), its pixel box clipped to the tile, in tile coordinates (e_box: x0, x1
+    exclusive, y0, y1 inclusive) and its culling ellipse (e_ell). The loads are independent,
+    so their cache misses overlap.
+    """
+    n_ch = gdata.shape[1] - N_GEOM
+    for e in range(hi - lo):
+        g = splat_ids[lo + e]
+        e_box[tid, e, 0] = max(boxes[g, 0], x0) - x0
+        e_box[tid, e, 1] = min(boxes[g, 1], x1 - 1) - x0 + 1
+        e_box[tid, e, 2] = max(boxes[g, 2], y0) - y0
+        e_box[tid, e, 3] = min(boxes[g, 3], y1 - 1) - y0
+        for k in range(N_GEOM):
+            e_geo[tid, e, k] = gdata[g, k]
+        e_geo[tid, e, 6] = pfloor[g]
+        for k in range(N_ELL):
+            e_ell[tid, e, k] = ell[g, k]
+        if with_feat:
+            for ch in range(n_ch):
+                e_feat[tid, e, ch] = gdata[g, N_GEOM + ch]
+
+
+@njit(inline="always")
+def _row_spans(e_ell, e_geo, tid, e, by0, by1, x0, y0, kx0, kx1, p_c0, p_c1):
+    """Columns [p_c0[ry], p_c1[ry]) (tile coordinates) of each row ry in [by0, by1] that the
+    entry's splat can reach, within its box columns [kx0, kx1): the x-extent of its culling
+    ellipse met with the row's strip |y − (my − py)| ≤ m (as cpu_tiles.ellipse_strip_span,
+    with the constants of :func:`splat_prep`). The box alone where the splat has no ellipse."""
+    if e_ell[tid, e, L_STATE] > 0.0:
+        m = e_ell[tid, e, L_M]
+        bb = e_ell[tid, e, L_B]
+        det = e_ell[tid, e, L_DET]
+        inv_a = e_ell[tid, e, L_INV_A]
+        a_t = e_ell[tid, e, L_AT]
+        y_max = e_ell[tid, e, L_YMAX]
+        y_r = e_ell[tid, e, L_YR]
+        slack = e_ell[tid, e, L_SLACK]
+        mx = np.float64(e_geo[tid, e, 0])
+        my = np.float64(e_geo[tid, e, 1]) - y0
+        fx0 = np.float64(kx0)
+        fx1 = np.float64(kx1)
+        for ry in range(np.uint64(by0), np.uint64(by1 + 1)):
+            dy = my - np.float64(ry)
+            lo = max(dy - m, -y_max)
+            hi = min(dy + m, y_max)
+            yr = min(max(y_r, lo), hi)
+            yl = min(max(-y_r, lo), hi)
+            x_hi = (-bb * yr + math.sqrt(max(a_t - det * yr * yr, 0.0))) * inv_a + slack
+            x_lo = (-bb * yl - math.sqrt(max(a_t - det * yl * yl, 0.0))) * inv_a - slack
+            c0 = max(math.ceil(mx - x_hi - m) - x0, fx0)
+            c1 = min(math.floor(mx - x_lo + m) - x0 + 1.0, fx1)
+            empty = (lo > hi) | (c0 >= c1)
+            p_c0[tid, ry] = np.int32(fx0 if empty else c0)
+            p_c1[tid, ry] = np.int32(fx0 if empty else c1)
+    else:
+        for ry in range(np.uint64(by0), np.uint64(by1 + 1)):
+            p_c0[tid, ry] = kx0
+            p_c1[tid, ry] = kx1
+
+
+@njit(inline="always")
+def _row_lanes(kx0, kx1, ry):
+    """Lanes [qa, qb) of tile row ry covering columns [kx0, kx1): a multiple of 4 lanes (the
+    vector width) inside the row, so the vectorized loops need no scalar remainder."""
+    span = (kx1 - kx0 + 3) & ~3
+    ka = min(kx0, TILE - span)
+    qa = np.uint64(ry * TILE + ka)
+    return qa, qa + np.uint64(span)
+
+
+@njit(inline="always")
+def _alpha_lanes(p_fx, p_col, p_alpha, p_ex, tid, qa, qb, mx, dy, a, b, c, o, p_floor, kx0, kx1):
+    """α of one splat on lanes [qa, qb) of a tile row (float32, the reference's operations).
+
+    p_alpha[q] = min(0.99, o·exp(power)) where the pixel is in the splat's columns, power <= 0,
+    power >= the floor and α >= 1/255, else 0; p_ex[q] = exp(power) (used by the derivative
+    kernels). dy = my − py of the row. Branch-free so that LLVM vectorizes it.
+    """
+    for q in range(qa, qb):
+        dx = mx - p_fx[tid, q]
+        power = -HALF * (a * dx * dx + c * dy * dy) - b * dx * dy
+        pc = power if power >= EXP_LO else EXP_LO
+        pc = pc if pc <= ZERO else ZERO
+        ex = exp32(pc)
+        alpha = o * ex
+        alpha = ALPHA_MAX if alpha > ALPHA_MAX else alpha
+        col = p_col[tid, q]
+        ok = (power <= ZERO) & (power >= p_floor) & (alpha >= ALPHA_MIN) & (col >= kx0) & (col < kx1)
+        p_alpha[tid, q] = alpha if ok else ZERO
+        p_ex[tid, q] = ex
+
+
+@njit(inline="always")
+def _init_lanes(p_fx, p_col, tid, x0):
+    for q in range(TILE_PIX):
+        p_fx[tid, q] = np.float32(x0 + (q & (TILE - 1)))
+        p_col[tid, q] = q & (TILE - 1)
+
+
+def _scratch(n_threads: int, shapes: dict) -> dict:
+    """Per-thread scratch arrays: name -> (shape after the thread axis, dtype)."""
+    return {k: np.empty((n_threads,) + tuple(s), dtype=d) for k, (s, d) in shapes.items()}
+
+
+def _max_list(tile_offsets: np.ndarray) -> int:
+    return int(np.diff(tile_offsets).max()) if tile_offsets.shape[0] > 1 else 0
+
+
+def _prep(gdata: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    pfloor = np.empty(gdata.shape[0], dtype=np.float32)
+    ell = np.empty((gdata.shape[0], N_ELL), dtype=np.float64)
+    if gdata.shape[0]:
+        splat_prep(gdata, width, height, pfloor, ell)
+    return pfloor, ell
+
+
+# -- forward ----------------------------------------------------------------------------------
+@njit(parallel=True, fastmath=False, cache=True, error_model="numpy")
+def _forward(gdata, pfloor, ell, boxes, splat_ids, tile_offsets, grid_x, grid_y, width, height,
+             background, image, t_final, n_used, stats,
+             e_geo, e_feat, e_box, e_ell, p_trans, p_acc, p_last, p_alpha, p_ex, p_w, p_fx,
+             p_col, p_rows, p_c0, p_c1):
     n_ch = gdata.shape[1] - N_GEOM
     n_tiles = grid_x * grid_y
     for tile in prange(n_tiles):
+        tid = numba.get_thread_id()
         x0 = (tile % grid_x) * TILE
         y0 = (tile // grid_x) * TILE
         x1 = min(x0 + TILE, width)
         y1 = min(y0 + TILE, height)
-        n_pix = (x1 - x0) * (y1 - y0)
-        trans = np.ones(TILE_PIX, dtype=np.float64)
-        accum = np.zeros((TILE_PIX, n_ch), dtype=np.float64)
-        last = np.zeros(TILE_PIX, dtype=np.int32)
-        done = np.zeros(TILE_PIX, dtype=np.bool_)
-        feat = np.empty(n_ch, dtype=np.float32)
-        n_done = 0
+        nx = x1 - x0
+        ny = y1 - y0
+        _init_lanes(p_fx, p_col, tid, x0)
+        for q in range(TILE_PIX):
+            p_trans[tid, q] = 1.0
+            p_last[tid, q] = 0
+            for ch in range(n_ch):
+                p_acc[tid, ch, q] = 0.0
+        for ry in range(TILE):
+            p_rows[tid, ry] = nx if ry < ny else 0
+        n_live = nx * ny
+        lanes = 0
+        visited = 0
         start = tile_offsets[tile]
         end = tile_offsets[tile + 1]
-        for j in range(start, end):
-            if n_done == n_pix:
-                break
-            g = splat_ids[j]
-            bx0 = max(boxes[g, 0], x0)
-            bx1 = min(boxes[g, 1], x1 - 1)
-            by0 = max(boxes[g, 2], y0)
-            by1 = min(boxes[g, 3], y1 - 1)
-            if bx0 > bx1 or by0 > by1:
-                continue
-            mx = gdata[g, 0]
-            my = gdata[g, 1]
-            a = gdata[g, 2]
-            b = gdata[g, 3]
-            c = gdata[g, 4]
-            o = gdata[g, 5]
-            p_floor = _power_floor(o)
-            for ch in range(n_ch):
-                feat[ch] = gdata[g, N_GEOM + ch]
-            for py in range(by0, by1 + 1):
-                fy = np.float32(py)
-                row = (py - y0) * TILE - x0
-                for px in range(bx0, bx1 + 1):
-                    p = row + px
-                    if done[p]:
+        lo = start
+        while lo < end and n_live > 0:
+            hi = min(lo + CHUNK, end)
+            _gather(gdata, pfloor, ell, boxes, splat_ids, lo, hi, x0, y0, x1, y1, tid, e_geo,
+                    e_feat, e_box, e_ell, True)
+            for e in range(hi - lo):
+                if n_live == 0:
+                    break
+                visited += 1
+                kx0 = e_box[tid, e, 0]
+                kx1 = e_box[tid, e, 1]
+                by0 = e_box[tid, e, 2]
+                by1 = e_box[tid, e, 3]
+                if kx0 >= kx1 or by0 > by1:
+                    continue
+                mx = e_geo[tid, e, 0]
+                my = e_geo[tid, e, 1]
+                a = e_geo[tid, e, 2]
+                b = e_geo[tid, e, 3]
+                c = e_geo[tid, e, 4]
+                o = e_geo[tid, e, 5]
+                p_floor = e_geo[tid, e, 6]
+                jj = np.int32(lo - start + e + 1)
+                _row_spans(e_ell, e_geo, tid, e, by0, by1, x0, y0, kx0, kx1, p_c0, p_c1)
+                for ry in range(by0, by1 + 1):
+                    c0 = p_c0[tid, ry]
+                    c1 = p_c1[tid, ry]
+                    if p_rows[tid, ry] == 0 or c0 >= c1:
                         continue
-                    power, dx, dy = _power(mx, my, a, b, c, np.float32(px), fy)
-                    if not (power <= ZERO) or power < p_floor:
-                        continue
-                    alpha = o * _exp32(power)
-                    if alpha > ALPHA_MAX:
-                        alpha = ALPHA_MAX
-                    if not (alpha >= ALPHA_MIN):
-                        continue
-                    t_old = trans[p]
-                    test_t = t_old * np.float64(ONE - alpha)
-                    if np.float32(test_t) < T_MIN:
-                        done[p] = True
-                        n_done += 1
-                        continue
-                    w = alpha * np.float32(t_old)
-                    for ch in range(n_ch):
-                        accum[p, ch] += np.float64(feat[ch] * w)
-                    trans[p] = test_t
-                    last[p] = j - start + 1
-        for py in range(y0, y1):
-            for px in range(x0, x1):
-                p = (py - y0) * TILE + px - x0
-                tf = np.float32(trans[p])
+                    dy = my - np.float32(y0 + ry)
+                    qa, qb = _row_lanes(c0, c1, ry)
+                    lanes += qb - qa
+                    _alpha_lanes(p_fx, p_col, p_alpha, p_ex, tid, qa, qb, mx, dy, a, b, c, o,
+                                 p_floor, c0, c1)
+                    n_stop = 0
+                    if n_ch == 4:  # the render path (RGB + depth): one fused pass
+                        f0 = e_feat[tid, e, 0]
+                        f1 = e_feat[tid, e, 1]
+                        f2 = e_feat[tid, e, 2]
+                        f3 = e_feat[tid, e, 3]
+                        for q in range(qa, qb):
+                            alpha = p_alpha[tid, q]
+                            t_old = p_trans[tid, q]
+                            ok = (alpha > ZERO) & (t_old > 0.0)
+                            test_t = t_old * np.float64(ONE - alpha)
+                            t32 = np.float32(test_t)
+                            stop = ok & (t32 < T_MIN)
+                            use = ok & (t32 >= T_MIN)
+                            n_stop += np.int64(stop)
+                            w = alpha * np.float32(t_old)
+                            p_acc[tid, 0, q] = p_acc[tid, 0, q] + (np.float64(f0 * w) if use else 0.0)
+                            p_acc[tid, 1, q] = p_acc[tid, 1, q] + (np.float64(f1 * w) if use else 0.0)
+                            p_acc[tid, 2, q] = p_acc[tid, 2, q] + (np.float64(f2 * w) if use else 0.0)
+                            p_acc[tid, 3, q] = p_acc[tid, 3, q] + (np.float64(f3 * w) if use else 0.0)
+                            p_trans[tid, q] = test_t if use else ((-t_old if stop else t_old) + 0.0)
+                            p_last[tid, q] = max(p_last[tid, q], jj if use else np.int32(0))
+                    else:
+                        for q in range(qa, qb):
+                            alpha = p_alpha[tid, q]
+                            t_old = p_trans[tid, q]
+                            ok = (alpha > ZERO) & (t_old > 0.0)
+                            test_t = t_old * np.float64(ONE - alpha)
+                            t32 = np.float32(test_t)
+                            stop = ok & (t32 < T_MIN)
+                            use = ok & (t32 >= T_MIN)
+                            n_stop += np.int64(stop)
+                            p_w[tid, q] = alpha * np.float32(t_old) if use else ZERO
+                            p_trans[tid, q] = test_t if use else ((-t_old if stop else t_old) + 0.0)
+                            p_last[tid, q] = max(p_last[tid, q], jj if use else np.int32(0))
+                        for ch in range(n_ch):
+                            f = e_feat[tid, e, ch]
+                            for q in range(qa, qb):
+                                w = p_w[tid, q]
+                                p_acc[tid, ch, q] = p_acc[tid, ch, q] + (np.float64(f * w) if w > ZERO else 0.0)
+                    p_rows[tid, ry] -= n_stop
+                    n_live -= n_stop
+            lo = hi
+        for ry in range(ny):
+            for k in range(nx):
+                q = ry * TILE + k
+                t = abs(p_trans[tid, q])
+                tf = np.float32(t)
                 for ch in range(n_ch):
-                    image[py, px, ch] = np.float32(accum[p, ch]) + tf * background[ch]
-                t_final[py, px] = trans[p]
-                n_used[py, px] = last[p]
+                    image[y0 + ry, x0 + k, ch] = np.float32(p_acc[tid, ch, q]) + tf * background[ch]
+                t_final[y0 + ry, x0 + k] = t
+                n_used[y0 + ry, x0 + k] = p_last[tid, q]
+        stats[tile, STAT_PAIRS] = lanes
+        stats[tile, STAT_ENTRIES] = visited
 
 
+def forward_kernel(gdata, boxes, splat_ids, tile_offsets, grid_x, grid_y, width, height,
+                   background, image, t_final, n_used, stats=None):
+    """Front-to-back compositing. Writes image (H, W, C) f32, t_final (H, W) f64, n_used (H, W) i32.
+
+    ``n_used[y, x]`` is the position (1-based) in the pixel's tile list of its last
+    contributing splat, 0 when nothing contributed. ``stats`` (T, N_STATS) int64, if given,
+    receives per tile the (pixel, splat) lanes evaluated and the list entries visited.
+    """
+    n_ch = gdata.shape[1] - N_GEOM
+    nth = numba.config.NUMBA_NUM_THREADS  # thread ids run up to the pool size
+    n_tiles = grid_x * grid_y
+    m = min(CHUNK, _max_list(tile_offsets))
+    sc = _scratch(nth, {
+        "e_geo": ((m, E_GEO), np.float32), "e_feat": ((m, n_ch), np.float32),
+        "e_box": ((m, 4), np.int32), "e_ell": ((m, N_ELL), np.float64),
+        "p_trans": ((TILE_PIX,), np.float64),
+        "p_acc": ((n_ch, TILE_PIX), np.float64), "p_last": ((TILE_PIX,), np.int32),
+        "p_alpha": ((TILE_PIX,), np.float32), "p_ex": ((TILE_PIX,), np.float32),
+        "p_w": ((TILE_PIX,), np.float32), "p_fx": ((TILE_PIX,), np.float32),
+        "p_col": ((TILE_PIX,), np.int32), "p_rows": ((TILE,), np.int64),
+        "p_c0": ((TILE,), np.int32), "p_c1": ((TILE,), np.int32)})
+    if stats is None:
+        stats = np.empty((n_tiles, N_STATS), dtype=np.int64)
+    _forward(gdata, *_prep(gdata, width, height), boxes, splat_ids, tile_offsets, grid_x, grid_y, width,
+             height, background, image, t_final, n_used, stats, **sc)
+
+
+# -- forward-mode JVP -------------------------------------------------------------------------
 @njit(parallel=True, fastmath=False, cache=True, error_model="numpy")
+def _jvp(gdata, tdata, pfloor, ell, boxes, splat_ids, tile_offsets, grid_x, grid_y, width, height,
+         background, image, t_final, n_used, image_dot, alpha_dot, stats,
+         e_geo, e_feat, e_box, e_ell, e_tan, p_trans, p_tdot, p_acc, p_adot, p_last, p_alpha,
+         p_ex, p_w, p_wd, p_fx, p_col, p_rows, p_c0, p_c1):
+    n_ch = gdata.shape[1] - N_GEOM
+    n_tiles = grid_x * grid_y
+    for tile in prange(n_tiles):
+        tid = numba.get_thread_id()
+        x0 = (tile % grid_x) * TILE
+        y0 = (tile // grid_x) * TILE
+        x1 = min(x0 + TILE, width)
+        y1 = min(y0 + TILE, height)
+        nx = x1 - x0
+        ny = y1 - y0
+        _init_lanes(p_fx, p_col, tid, x0)
+        for q in range(TILE_PIX):
+            p_trans[tid, q] = 1.0
+            p_tdot[tid, q] = 0.0
+            p_last[tid, q] = 0
+            for ch in range(n_ch):
+                p_acc[tid, ch, q] = 0.0
+                p_adot[tid, ch, q] = 0.0
+        for ry in range(TILE):
+            p_rows[tid, ry] = nx if ry < ny else 0
+        n_live = nx * ny
+        lanes = 0
+        visited = 0
+        start = tile_offsets[tile]
+        end = tile_offsets[tile + 1]
+        lo = start
+        while lo < end and n_live > 0:
+            hi = min(lo + CHUNK, end)
+            _gather(gdata, pfloor, ell, boxes, splat_ids, lo, hi, x0, y0, x1, y1, tid, e_geo,
+                    e_feat, e_box, e_ell, True)
+            for e in range(hi - lo):
+                g = splat_ids[lo + e]
+                for k in range(N_GEOM + n_ch):
+                    e_tan[tid, e, k] = tdata[g, k]
+            for e in range(hi - lo):
+                if n_live == 0:
+                    break
+                visited += 1
+                kx0 = e_box[tid, e, 0]
+                kx1 = e_box[tid, e, 1]
+                by0 = e_box[tid, e, 2]
+                by1 = e_box[tid, e, 3]
+                if kx0 >= kx1 or by0 > by1:
+                    continue
+                mx = e_geo[tid, e, 0]
+                my = e_geo[tid, e, 1]
+                a = e_geo[tid, e, 2]
+                b = e_geo[tid, e, 3]
+                c = e_geo[tid, e, 4]
+                o = e_geo[tid, e, 5]
+                p_floor = e_geo[tid, e, 6]
+                jj = np.int32(lo - start + e + 1)
+                # power tangent as a quadratic in (dx, dy): k1·dx + k2·dy + k3·dx² + k4·dx·dy + k5·dy²
+                mx_d = np.float64(e_tan[tid, e, 0])
+                my_d = np.float64(e_tan[tid, e, 1])
+                k1 = -(np.float64(a) * mx_d + np.float64(b) * my_d)
+                k2 = -(np.float64(b) * mx_d + np.float64(c) * my_d)
+                k3 = -0.5 * np.float64(e_tan[tid, e, 2])
+                k4 = -np.float64(e_tan[tid, e, 3])
+                k5 = -0.5 * np.float64(e_tan[tid, e, 4])
+                o_d = np.float64(e_tan[tid, e, 5])
+                _row_spans(e_ell, e_geo, tid, e, by0, by1, x0, y0, kx0, kx1, p_c0, p_c1)
+                for ry in range(by0, by1 + 1):
+                    c0 = p_c0[tid, ry]
+                    c1 = p_c1[tid, ry]
+                    if p_rows[tid, ry] == 0 or c0 >= c1:
+                        continue
+                    dy = my - np.float32(y0 + ry)
+                    ddy = np.float64(dy)
+                    qa, qb = _row_lanes(c0, c1, ry)
+                    lanes += qb - qa
+                    _alpha_lanes(p_fx, p_col, p_alpha, p_ex, tid, qa, qb, mx, dy, a, b, c, o,
+                                 p_floor, c0, c1)
+                    n_stop = 0
+                    if n_ch == 4:  # the render path: one fused pass
+                        f0 = e_feat[tid, e, 0]
+                        f1 = e_feat[tid, e, 1]
+                        f2 = e_feat[tid, e, 2]
+                        f3 = e_feat[tid, e, 3]
+                        g0 = np.float64(f0)
+                        g1 = np.float64(f1)
+                        g2 = np.float64(f2)
+                        g3 = np.float64(f3)
+                        d0 = np.float64(e_tan[tid, e, N_GEOM + 0])
+                        d1 = np.float64(e_tan[tid, e, N_GEOM + 1])
+                        d2 = np.float64(e_tan[tid, e, N_GEOM + 2])
+                        d3 = np.float64(e_tan[tid, e, N_GEOM + 3])
+                        for q in range(qa, qb):
+                            alpha = p_alpha[tid, q]
+                            ex = p_ex[tid, q]
+                            t_old = p_trans[tid, q]
+                            ok = (alpha > ZERO) & (t_old > 0.0)
+                            test_t = t_old * np.float64(ONE - alpha)
+                            t32 = np.float32(test_t)
+                            stop = ok & (t32 < T_MIN)
+                            use = ok & (t32 >= T_MIN)
+                            n_stop += np.int64(stop)
+                            # tangent of alpha (zero where clamped, as torch.clamp_max)
+                            alpha_raw = o * ex
+                            ddx = np.float64(mx - p_fx[tid, q])
+                            pw_d = ddx * (k1 + k3 * ddx + k4 * ddy) + ddy * (k2 + k5 * ddy)
+                            al_d = 0.0 if alpha_raw > ALPHA_MAX else np.float64(ex) * o_d + np.float64(alpha_raw) * pw_d
+                            al64 = np.float64(alpha)
+                            td = p_tdot[tid, q]
+                            w = alpha * np.float32(t_old)
+                            w_d = al_d * np.float64(np.float32(t_old)) + al64 * td
+                            w64 = np.float64(w)
+                            p_acc[tid, 0, q] = p_acc[tid, 0, q] + (np.float64(f0 * w) if use else 0.0)
+                            p_acc[tid, 1, q] = p_acc[tid, 1, q] + (np.float64(f1 * w) if use else 0.0)
+                            p_acc[tid, 2, q] = p_acc[tid, 2, q] + (np.float64(f2 * w) if use else 0.0)
+                            p_acc[tid, 3, q] = p_acc[tid, 3, q] + (np.float64(f3 * w) if use else 0.0)
+                            p_adot[tid, 0, q] = p_adot[tid, 0, q] + ((d0 * w64 + g0 * w_d) if use else 0.0)
+                            p_adot[tid, 1, q] = p_adot[tid, 1, q] + ((d1 * w64 + g1 * w_d) if use else 0.0)
+                            p_adot[tid, 2, q] = p_adot[tid, 2, q] + ((d2 * w64 + g2 * w_d) if use else 0.0)
+                            p_adot[tid, 3, q] = p_adot[tid, 3, q] + ((d3 * w64 + g3 * w_d) if use else 0.0)
+                            p_tdot[tid, q] = (td * (1.0 - al64) - t_old * al_d) if use else (td + 0.0)
+                            p_trans[tid, q] = test_t if use else ((-t_old if stop else t_old) + 0.0)
+                            p_last[tid, q] = max(p_last[tid, q], jj if use else np.int32(0))
+                    else:
+                        for q in range(qa, qb):
+                            alpha = p_alpha[tid, q]
+                            ex = p_ex[tid, q]
+                            t_old = p_trans[tid, q]
+                            ok = (alpha > ZERO) & (t_old > 0.0)
+                            test_t = t_old * np.float64(ONE - alpha)
+                            t32 = np.float32(test_t)
+                            stop = ok & (t32 < T_MIN)
+                            use = ok & (t32 >= T_MIN)
+                            n_stop += np.int64(stop)
+                            # tangent of alpha (zero where clamped, as torch.clamp_max)
+                            alpha_raw = o * ex
+                            ddx = np.float64(mx - p_fx[tid, q])
+                            pw_d = ddx * (k1 + k3 * ddx + k4 * ddy) + ddy * (k2 + k5 * ddy)
+                            al_d = 0.0 if alpha_raw > ALPHA_MAX else np.float64(ex) * o_d + np.float64(alpha_raw) * pw_d
+                            al64 = np.float64(alpha)
+                            td = p_tdot[tid, q]
+                            w = alpha * np.float32(t_old)
+                            w_d = al_d * np.float64(np.float32(t_old)) + al64 * td
+                            p_w[tid, q] = w if use else ZERO
+                            p_wd[tid, q] = w_d if use else 0.0
+                            p_tdot[tid, q] = (td * (1.0 - al64) - t_old * al_d) if use else (td + 0.0)
+                            p_trans[tid, q] = test_t if use else ((-t_old if stop else t_old) + 0.0)
+                            p_last[tid, q] = max(p_last[tid, q], jj if use else np.int32(0))
+                        for ch in range(n_ch):
+                            f = e_feat[tid, e, ch]
+                            f64 = np.float64(f)
+                            f_d = np.float64(e_tan[tid, e, N_GEOM + ch])
+                            for q in range(qa, qb):
+                                w = p_w[tid, q]
+                                use = w > ZERO
+                                p_acc[tid, ch, q] = p_acc[tid, ch, q] + (np.float64(f * w) if use else 0.0)
+                                p_adot[tid, ch, q] = p_adot[tid, ch, q] + (
+                                    (f_d * np.float64(w) + f64 * p_wd[tid, q]) if use else 0.0)
+                    p_rows[tid, ry] -= n_stop
+                    n_live -= n_stop
+            lo = hi
+        for ry in range(ny):
+            for k in range(nx):
+                q = ry * TILE + k
+                t = abs(p_trans[tid, q])
+                tf = np.float32(t)
+                td = p_tdot[tid, q]
+                for ch in range(n_ch):
+                    image[y0 + ry, x0 + k, ch] = np.float32(p_acc[tid, ch, q]) + tf * background[ch]
+                    image_dot[y0 + ry, x0 + k, ch] = np.float32(p_adot[tid, ch, q] + td * np.float64(background[ch]))
+                t_final[y0 + ry, x0 + k] = t
+                n_used[y0 + ry, x0 + k] = p_last[tid, q]
+                alpha_dot[y0 + ry, x0 + k] = np.float32(-td)
+        stats[tile, STAT_PAIRS] = lanes
+        stats[tile, STAT_ENTRIES] = visited
+
+
 def jvp_kernel(gdata, tdata, boxes, splat_ids, tile_offsets, grid_x, grid_y, width, height,
-               background, image, t_final, n_used, image_dot, alpha_dot):
+               background, image, t_final, n_used, image_dot, alpha_dot, stats=None):
     """Forward kernel that also pushes tangents ``tdata`` (V, 6 + C, same layout as gdata).
 
     Writes the primal outputs exactly as :func:`forward_kernel` and, in the same pass, the
     tangents image_dot (H, W, C) and alpha_dot (H, W) (without the background tangent, which
-    the caller adds as T_final · ḃg).
+    the caller adds as T_final · ḃg). ``stats`` as in :func:`forward_kernel`.
     """
     n_ch = gdata.shape[1] - N_GEOM
+    nth = numba.config.NUMBA_NUM_THREADS  # thread ids run up to the pool size
+    n_tiles = grid_x * grid_y
+    m = min(CHUNK, _max_list(tile_offsets))
+    sc = _scratch(nth, {
+        "e_geo": ((m, E_GEO), np.float32), "e_feat": ((m, n_ch), np.float32),
+        "e_box": ((m, 4), np.int32), "e_ell": ((m, N_ELL), np.float64),
+        "e_tan": ((m, N_GEOM + n_ch), np.float32),
+        "p_trans": ((TILE_PIX,), np.float64), "p_tdot": ((TILE_PIX,), np.float64),
+        "p_acc": ((n_ch, TILE_PIX), np.float64), "p_adot": ((n_ch, TILE_PIX), np.float64),
+        "p_last": ((TILE_PIX,), np.int32), "p_alpha": ((TILE_PIX,), np.float32),
+        "p_ex": ((TILE_PIX,), np.float32), "p_w": ((TILE_PIX,), np.float32),
+        "p_wd": ((TILE_PIX,), np.float64), "p_fx": ((TILE_PIX,), np.float32),
+        "p_col": ((TILE_PIX,), np.int32), "p_rows": ((TILE,), np.int64),
+        "p_c0": ((TILE,), np.int32), "p_c1": ((TILE,), np.int32)})
+    if stats is None:
+        stats = np.empty((n_tiles, N_STATS), dtype=np.int64)
+    _jvp(gdata, tdata, *_prep(gdata, width, height), boxes, splat_ids, tile_offsets, grid_x, grid_y, width,
+         height, background, image, t_final, n_used, image_dot, alpha_dot, stats, **sc)
+
+
+# -- reverse-mode VJP -------------------------------------------------------------------------
+@njit(parallel=True, fastmath=False, cache=True, error_model="numpy")
+def _backward(gdata, pfloor, ell, boxes, splat_ids, tile_offsets, grid_x, grid_y, width, height,
+              background, t_final, n_used, grad_image, grad_alpha, entry_grads, stats,
+              e_geo, e_feat, e_box, e_ell, p_trans, p_resid, p_gfin, p_last, p_gimg, p_alpha,
+              p_ex, p_gdf, p_wt, p_term, p_acc, p_fx, p_col, p_c0, p_c1, p_rowmax):
+    n_ch = gdata.shape[1] - N_GEOM
+    n_k = N_GEOM + n_ch
     n_tiles = grid_x * grid_y
     for tile in prange(n_tiles):
+        tid = numba.get_thread_id()
         x0 = (tile % grid_x) * TILE
         y0 = (tile // grid_x) * TILE
         x1 = min(x0 + TILE, width)
         y1 = min(y0 + TILE, height)
-        n_pix = (x1 - x0) * (y1 - y0)
-        trans = np.ones(TILE_PIX, dtype=np.float64)
-        trans_dot = np.zeros(TILE_PIX, dtype=np.float64)
-        accum = np.zeros((TILE_PIX, n_ch), dtype=np.float64)
-        accum_dot = np.zeros((TILE_PIX, n_ch), dtype=np.float64)
-        feat = np.empty(n_ch, dtype=np.float32)
-        feat_d = np.empty(n_ch, dtype=np.float64)
-        last = np.zeros(TILE_PIX, dtype=np.int32)
-        done = np.zeros(TILE_PIX, dtype=np.bool_)
-        n_done = 0
         start = tile_offsets[tile]
         end = tile_offsets[tile + 1]
-        for j in range(start, end):
-            if n_done == n_pix:
-                break
-            g = splat_ids[j]
-            bx0 = max(boxes[g, 0], x0)
-            bx1 = min(boxes[g, 1], x1 - 1)
-            by0 = max(boxes[g, 2], y0)
-            by1 = min(boxes[g, 3], y1 - 1)
-            if bx0 > bx1 or by0 > by1:
-                continue
-            mx = gdata[g, 0]
-            my = gdata[g, 1]
-            a = gdata[g, 2]
-            b = gdata[g, 3]
-            c = gdata[g, 4]
-            o = gdata[g, 5]
-            p_floor = _power_floor(o)
-            # power tangent as a quadratic in (dx, dy): k1·dx + k2·dy + k3·dx² + k4·dx·dy + k5·dy²
-            mx_d = np.float64(tdata[g, 0])
-            my_d = np.float64(tdata[g, 1])
-            k1 = -(np.float64(a) * mx_d + np.float64(b) * my_d)
-            k2 = -(np.float64(b) * mx_d + np.float64(c) * my_d)
-            k3 = -0.5 * np.float64(tdata[g, 2])
-            k4 = -np.float64(tdata[g, 3])
-            k5 = -0.5 * np.float64(tdata[g, 4])
-            o_d = np.float64(tdata[g, 5])
+        _init_lanes(p_fx, p_col, tid, x0)
+        n_max = 0
+        for q in range(TILE_PIX):
+            p_trans[tid, q] = 1.0
+            p_resid[tid, q] = 0.0
+            p_gfin[tid, q] = 0.0
+            p_last[tid, q] = 0
             for ch in range(n_ch):
-                feat[ch] = gdata[g, N_GEOM + ch]
-                feat_d[ch] = np.float64(tdata[g, N_GEOM + ch])
-            for py in range(by0, by1 + 1):
-                fy = np.float32(py)
-                row = (py - y0) * TILE - x0
-                for px in range(bx0, bx1 + 1):
-                    p = row + px
-                    if done[p]:
-                        continue
-                    power, dx, dy = _power(mx, my, a, b, c, np.float32(px), fy)
-                    if not (power <= ZERO) or power < p_floor:
-                        continue
-                    ex = _exp32(power)
-                    alpha_raw = o * ex
-                    alpha = alpha_raw
-                    if alpha > ALPHA_MAX:
-                        alpha = ALPHA_MAX
-                    if not (alpha >= ALPHA_MIN):
-                        continue
-                    t_old = trans[p]
-                    test_t = t_old * np.float64(ONE - alpha)
-                    if np.float32(test_t) < T_MIN:
-                        done[p] = True
-                        n_done += 1
-                        continue
-                    # tangent of alpha (zero where clamped, as torch.clamp_max)
-                    if alpha_raw > ALPHA_MAX:
-                        al_d = 0.0
-                    else:
-                        ddx = np.float64(dx)
-                        ddy = np.float64(dy)
-                        pw_d = ddx * (k1 + k3 * ddx + k4 * ddy) + ddy * (k2 + k5 * ddy)
-                        al_d = np.float64(ex) * o_d + np.float64(alpha_raw) * pw_d
-                    w = alpha * np.float32(t_old)
-                    t32 = np.float64(np.float32(t_old))
-                    al64 = np.float64(alpha)
-                    td = trans_dot[p]
-                    w_d = al_d * t32 + al64 * td
-                    w64 = np.float64(w)
-                    for ch in range(n_ch):
-                        f = feat[ch]
-                        accum[p, ch] += np.float64(f * w)
-                        accum_dot[p, ch] += feat_d[ch] * w64 + np.float64(f) * w_d
-                    trans_dot[p] = td * (1.0 - al64) - t_old * al_d
-                    trans[p] = test_t
-                    last[p] = j - start + 1
+                p_gimg[tid, ch, q] = 0.0
         for py in range(y0, y1):
             for px in range(x0, x1):
-                p = (py - y0) * TILE + px - x0
-                tf = np.float32(trans[p])
-                td = trans_dot[p]
+                q = (py - y0) * TILE + px - x0
+                tf = t_final[py, px]
+                p_trans[tid, q] = tf
+                r = 0.0
                 for ch in range(n_ch):
-                    image[py, px, ch] = np.float32(accum[p, ch]) + tf * background[ch]
-                    image_dot[py, px, ch] = np.float32(accum_dot[p, ch] + td * np.float64(background[ch]))
-                t_final[py, px] = trans[p]
-                n_used[py, px] = last[p]
-                alpha_dot[py, px] = np.float32(-td)
+                    gv = np.float64(grad_image[py, px, ch])
+                    p_gimg[tid, ch, q] = gv
+                    r += gv * np.float64(background[ch])
+                p_resid[tid, q] = r
+                p_gfin[tid, q] = np.float64(grad_alpha[py, px]) * tf
+                p_last[tid, q] = n_used[py, px]
+                n_max = max(n_max, n_used[py, px])
+        for ry in range(TILE):
+            p_rowmax[tid, ry] = 0
+            for k in range(TILE):
+                p_rowmax[tid, ry] = max(p_rowmax[tid, ry], p_last[tid, ry * TILE + k])
+        for j in range(start + n_max, end):
+            for k in range(n_k):
+                entry_grads[j, k] = ZERO
+        lanes = 0
+        hi = start + n_max
+        while hi > start:
+            lo = max(start, hi - CHUNK)
+            _gather(gdata, pfloor, ell, boxes, splat_ids, lo, hi, x0, y0, x1, y1, tid, e_geo,
+                    e_feat, e_box, e_ell, True)
+            for e in range(hi - lo - 1, -1, -1):
+                jj = np.int32(lo - start + e)  # 0-based position in the tile list
+                for k in range(n_k):
+                    p_acc[tid, k] = 0.0
+                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = 0.0
+                kx0 = e_box[tid, e, 0]
+                kx1 = e_box[tid, e, 1]
+                by0 = e_box[tid, e, 2]
+                by1 = e_box[tid, e, 3]
+                if kx0 < kx1 and by0 <= by1:
+                    mx = e_geo[tid, e, 0]
+                    my = e_geo[tid, e, 1]
+                    a = e_geo[tid, e, 2]
+                    b = e_geo[tid, e, 3]
+                    c = e_geo[tid, e, 4]
+                    o = e_geo[tid, e, 5]
+                    p_floor = e_geo[tid, e, 6]
+                    a64 = np.float64(a)
+                    b64 = np.float64(b)
+                    c64 = np.float64(c)
+                    _row_spans(e_ell, e_geo, tid, e, by0, by1, x0, y0, kx0, kx1, p_c0, p_c1)
+                    for ry in range(by0, by1 + 1):
+                        c0 = p_c0[tid, ry]
+                        c1 = p_c1[tid, ry]
+                        if jj >= p_rowmax[tid, ry] or c0 >= c1:
+                            continue
+                        dy = my - np.float32(y0 + ry)
+                        ddy = np.float64(dy)
+                        qa, qb = _row_lanes(c0, c1, ry)
+                        lanes += qb - qa
+                        _alpha_lanes(p_fx, p_col, p_alpha, p_ex, tid, qa, qb, mx, dy, a, b, c, o,
+                                     p_floor, c0, c1)
+                        # only splats before the pixel's last contributor (the T stop is a prefix)
+                        if n_ch == 4:  # the render path: one fused pass
+                            f0 = np.float64(e_feat[tid, e, 0])
+                            f1 = np.float64(e_feat[tid, e, 1])
+                            f2 = np.float64(e_feat[tid, e, 2])
+                            f3 = np.float64(e_feat[tid, e, 3])
+                            for q in range(qa, qb):
+                                alpha = p_alpha[tid, q]
+                                use = (alpha > ZERO) & (jj < p_last[tid, q])
+                                p_alpha[tid, q] = alpha if use else ZERO
+                                g0 = p_gimg[tid, 0, q]
+                                g1 = p_gimg[tid, 1, q]
+                                g2 = p_gimg[tid, 2, q]
+                                g3 = p_gimg[tid, 3, q]
+                                gdotf = 0.0 + g0 * f0
+                                gdotf = gdotf + g1 * f1
+                                gdotf = gdotf + g2 * f2
+                                gdotf = gdotf + g3 * f3
+                                ex = p_ex[tid, q]
+                                alpha_raw = o * ex
+                                al64 = np.float64(alpha)
+                                one_m = np.float64(ONE - alpha)
+                                t_now = p_trans[tid, q]
+                                t_before = t_now / one_m
+                                r = p_resid[tid, q]
+                                g_alpha = t_before * (gdotf - r) + p_gfin[tid, q] / one_m
+                                p_resid[tid, q] = (al64 * gdotf + one_m * r) if use else (r + 0.0)
+                                p_trans[tid, q] = t_before if use else (t_now + 0.0)
+                                wt = al64 * t_before
+                                live = use & (alpha_raw <= ALPHA_MAX)
+                                g_pow = g_alpha * np.float64(alpha_raw)
+                                ddx = np.float64(mx - p_fx[tid, q])
+                                p_term[tid, 5, q] = g_alpha * np.float64(ex) if live else 0.0
+                                p_term[tid, 0, q] = -g_pow * (a64 * ddx + b64 * ddy) if live else 0.0
+                                p_term[tid, 1, q] = -g_pow * (c64 * ddy + b64 * ddx) if live else 0.0
+                                p_term[tid, 2, q] = -0.5 * g_pow * ddx * ddx if live else 0.0
+                                p_term[tid, 3, q] = -g_pow * ddx * ddy if live else 0.0
+                                p_term[tid, 4, q] = -0.5 * g_pow * ddy * ddy if live else 0.0
+                                p_term[tid, 6, q] = g0 * wt if use else 0.0
+                                p_term[tid, 7, q] = g1 * wt if use else 0.0
+                                p_term[tid, 8, q] = g2 * wt if use else 0.0
+                                p_term[tid, 9, q] = g3 * wt if use else 0.0
+                        else:
+                            for q in range(qa, qb):
+                                p_alpha[tid, q] = p_alpha[tid, q] if jj < p_last[tid, q] else ZERO
+                                p_gdf[tid, q] = 0.0
+                            for ch in range(n_ch):
+                                f = np.float64(e_feat[tid, e, ch])
+                                for q in range(qa, qb):
+                                    p_gdf[tid, q] = p_gdf[tid, q] + p_gimg[tid, ch, q] * f
+                            for q in range(qa, qb):
+                                alpha = p_alpha[tid, q]
+                                use = alpha > ZERO
+                                ex = p_ex[tid, q]
+                                alpha_raw = o * ex
+                                al64 = np.float64(alpha)
+                                one_m = np.float64(ONE - alpha)
+                                t_now = p_trans[tid, q]
+                                t_before = t_now / one_m
+                                gdotf = p_gdf[tid, q]
+                                r = p_resid[tid, q]
+                                g_alpha = t_before * (gdotf - r) + p_gfin[tid, q] / one_m
+                                p_resid[tid, q] = (al64 * gdotf + one_m * r) if use else (r + 0.0)
+                                p_trans[tid, q] = t_before if use else (t_now + 0.0)
+                                wt = al64 * t_before if use else 0.0
+                                live = use & (alpha_raw <= ALPHA_MAX)
+                                g_pow = g_alpha * np.float64(alpha_raw)
+                                ddx = np.float64(mx - p_fx[tid, q])
+                                p_term[tid, 5, q] = g_alpha * np.float64(ex) if live else 0.0
+                                p_term[tid, 0, q] = -g_pow * (a64 * ddx + b64 * ddy) if live else 0.0
+                                p_term[tid, 1, q] = -g_pow * (c64 * ddy + b64 * ddx) if live else 0.0
+                                p_term[tid, 2, q] = -0.5 * g_pow * ddx * ddx if live else 0.0
+                                p_term[tid, 3, q] = -g_pow * ddx * ddy if live else 0.0
+                                p_term[tid, 4, q] = -0.5 * g_pow * ddy * ddy if live else 0.0
+                                p_wt[tid, q] = wt
+                            for ch in range(n_ch):
+                                for q in range(qa, qb):
+                                    p_term[tid, N_GEOM + ch, q] = p_gimg[tid, ch, q] * p_wt[tid, q]
+                        # The entry's sums, pixel by pixel in row-major order as in the scalar
+                        # kernels; unused lanes add +0.0 (which can only turn a -0.0 sum into
+                        # +0.0, and the per-splat reduction starts from +0.0 anyway).
+                        if n_k == 10:  # the render path: sums in registers
+                            for q in range(qa, qb):
+                                s0 += p_term[tid, 0, q]
+                                s1 += p_term[tid, 1, q]
+                                s2 += p_term[tid, 2, q]
+                                s3 += p_term[tid, 3, q]
+                                s4 += p_term[tid, 4, q]
+                                s5 += p_term[tid, 5, q]
+                                s6 += p_term[tid, 6, q]
+                                s7 += p_term[tid, 7, q]
+                                s8 += p_term[tid, 8, q]
+                                s9 += p_term[tid, 9, q]
+                        else:
+                            for q in range(qa, qb):
+                                for k in range(n_k):
+                                    p_acc[tid, k] += p_term[tid, k, q]
+                if n_k == 10:
+                    p_acc[tid, 0] = s0
+                    p_acc[tid, 1] = s1
+                    p_acc[tid, 2] = s2
+                    p_acc[tid, 3] = s3
+                    p_acc[tid, 4] = s4
+                    p_acc[tid, 5] = s5
+                    p_acc[tid, 6] = s6
+                    p_acc[tid, 7] = s7
+                    p_acc[tid, 8] = s8
+                    p_acc[tid, 9] = s9
+                for k in range(n_k):
+                    entry_grads[lo + e, k] = np.float32(p_acc[tid, k])
+            hi = lo
+        stats[tile, STAT_PAIRS] = lanes
+        stats[tile, STAT_ENTRIES] = n_max
 
 
-@njit(parallel=True, fastmath=False, cache=True, error_model="numpy")
 def backward_kernel(gdata, boxes, splat_ids, tile_offsets, grid_x, grid_y, width, height,
-                    background, t_final, n_used, grad_image, grad_alpha, entry_grads):
+                    background, t_final, n_used, grad_image, grad_alpha, entry_grads, stats=None):
     """Back-to-front VJP. Writes entry_grads (M, 6 + C) f32: the gradient each tile-list entry
     receives from its tile's pixels, columns ``[mean_x, mean_y, a, b, c, opacity, features...]``.
 
     Per pixel it starts from the saved T_final and last contributor, recovers the
     transmittance before each splat as T / (1 − α), and carries the scalar
     ``r = g · (Σ_behind f α T + T_final·bg) / T_after`` so no per-pixel colour history is kept.
+    Each entry's sums run over its pixels in row-major order, as in the scalar kernels, so the
+    results are bit-identical to them. ``stats`` as in :func:`forward_kernel`.
     """
     n_ch = gdata.shape[1] - N_GEOM
     n_k = N_GEOM + n_ch
+    nth = numba.config.NUMBA_NUM_THREADS  # thread ids run up to the pool size
     n_tiles = grid_x * grid_y
-    for tile in prange(n_tiles):
-        x0 = (tile % grid_x) * TILE
-        y0 = (tile // grid_x) * TILE
-        x1 = min(x0 + TILE, width)
-        y1 = min(y0 + TILE, height)
-        start = tile_offsets[tile]
-        end = tile_offsets[tile + 1]
-        trans = np.ones(TILE_PIX, dtype=np.float64)
-        resid = np.zeros(TILE_PIX, dtype=np.float64)
-        gfin = np.zeros(TILE_PIX, dtype=np.float64)   # grad_alpha · T_final
-        last = np.zeros(TILE_PIX, dtype=np.int32)
-        gimg = np.zeros((TILE_PIX, n_ch), dtype=np.float64)
-        feat = np.empty(n_ch, dtype=np.float64)
-        n_max = 0
-        for py in range(y0, y1):
-            for px in range(x0, x1):
-                p = (py - y0) * TILE + px - x0
-                tf = t_final[py, px]
-                trans[p] = tf
-                r = 0.0
-                for ch in range(n_ch):
-                    gv = np.float64(grad_image[py, px, ch])
-                    gimg[p, ch] = gv
-                    r += gv * np.float64(background[ch])
-                resid[p] = r
-                gfin[p] = np.float64(grad_alpha[py, px]) * tf
-                last[p] = n_used[py, px]
-                if last[p] > n_max:
-                    n_max = last[p]
-        acc = np.zeros(n_k, dtype=np.float64)
-        for j in range(start + n_max, end):
-            for k in range(n_k):
-                entry_grads[j, k] = ZERO
-        for jj in range(n_max - 1, -1, -1):
-            j = start + jj
-            g = splat_ids[j]
-            for k in range(n_k):
-                acc[k] = 0.0
-            bx0 = max(boxes[g, 0], x0)
-            bx1 = min(boxes[g, 1], x1 - 1)
-            by0 = max(boxes[g, 2], y0)
-            by1 = min(boxes[g, 3], y1 - 1)
-            if bx0 <= bx1 and by0 <= by1:
-                mx = gdata[g, 0]
-                my = gdata[g, 1]
-                a = gdata[g, 2]
-                b = gdata[g, 3]
-                c = gdata[g, 4]
-                o = gdata[g, 5]
-                p_floor = _power_floor(o)
-                for ch in range(n_ch):
-                    feat[ch] = np.float64(gdata[g, N_GEOM + ch])
-                for py in range(by0, by1 + 1):
-                    fy = np.float32(py)
-                    row = (py - y0) * TILE - x0
-                    for px in range(bx0, bx1 + 1):
-                        p = row + px
-                        if jj >= last[p]:
-                            continue
-                        power, dx, dy = _power(mx, my, a, b, c, np.float32(px), fy)
-                        if not (power <= ZERO) or power < p_floor:
-                            continue
-                        ex = _exp32(power)
-                        alpha_raw = o * ex
-                        alpha = alpha_raw
-                        if alpha > ALPHA_MAX:
-                            alpha = ALPHA_MAX
-                        if not (alpha >= ALPHA_MIN):
-                            continue
-                        # every splat before the last contributor that passes the skip tests
-                        # was composited (the T stop is a prefix), so no T test here.
-                        al64 = np.float64(alpha)
-                        one_m = np.float64(ONE - alpha)
-                        t_before = trans[p] / one_m
-                        wt = al64 * t_before
-                        gdotf = 0.0
-                        for ch in range(n_ch):
-                            gv = gimg[p, ch]
-                            acc[N_GEOM + ch] += gv * wt
-                            gdotf += gv * feat[ch]
-                        r = resid[p]
-                        g_alpha = t_before * (gdotf - r) + gfin[p] / one_m
-                        resid[p] = al64 * gdotf + one_m * r
-                        trans[p] = t_before
-                        if not (alpha_raw > ALPHA_MAX):
-                            g_pow = g_alpha * np.float64(alpha_raw)
-                            acc[5] += g_alpha * np.float64(ex)
-                            ddx = np.float64(dx)
-                            ddy = np.float64(dy)
-                            acc[0] += -g_pow * (np.float64(a) * ddx + np.float64(b) * ddy)
-                            acc[1] += -g_pow * (np.float64(c) * ddy + np.float64(b) * ddx)
-                            acc[2] += -0.5 * g_pow * ddx * ddx
-                            acc[3] += -g_pow * ddx * ddy
-                            acc[4] += -0.5 * g_pow * ddy * ddy
-            for k in range(n_k):
-                entry_grads[j, k] = np.float32(acc[k])
+    m = min(CHUNK, _max_list(tile_offsets))
+    sc = _scratch(nth, {
+        "e_geo": ((m, E_GEO), np.float32), "e_feat": ((m, n_ch), np.float32),
+        "e_box": ((m, 4), np.int32), "e_ell": ((m, N_ELL), np.float64),
+        "p_trans": ((TILE_PIX,), np.float64), "p_resid": ((TILE_PIX,), np.float64), "p_gfin": ((TILE_PIX,), np.float64),
+        "p_last": ((TILE_PIX,), np.int32), "p_gimg": ((n_ch, TILE_PIX), np.float64),
+        "p_alpha": ((TILE_PIX,), np.float32), "p_ex": ((TILE_PIX,), np.float32),
+        "p_gdf": ((TILE_PIX,), np.float64), "p_wt": ((TILE_PIX,), np.float64),
+        "p_term": ((n_k, TILE_PIX), np.float64), "p_acc": ((n_k,), np.float64),
+        "p_fx": ((TILE_PIX,), np.float32), "p_col": ((TILE_PIX,), np.int32),
+        "p_c0": ((TILE,), np.int32), "p_c1": ((TILE,), np.int32), "p_rowmax": ((TILE,), np.int32)})
+    if stats is None:
+        stats = np.empty((n_tiles, N_STATS), dtype=np.int64)
+    _backward(gdata, *_prep(gdata, width, height), boxes, splat_ids, tile_offsets, grid_x, grid_y, width,
+              height, background, t_final, n_used, grad_image, grad_alpha, entry_grads, stats,
+              **sc)
 
 
 @njit(parallel=True, fastmath=False, cache=True, error_model="numpy")

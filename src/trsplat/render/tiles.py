@@ -37,18 +37,23 @@ class TileBins:
 
 @torch.no_grad()
 def bin_splats(
-    means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor, width: int, height: int
+    means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor, width: int, height: int,
+    conics: torch.Tensor | None = None, opacities: torch.Tensor | None = None,
 ) -> TileBins:
     """Build the sorted per-tile splat lists for splats with 2D means (V, 2), radii (V,), depths (V,).
 
     On the CPU this uses the O(V log V + M) counting sort of :mod:`trsplat.render.cpu_tiles`
-    (identical output); elsewhere, or without numba, the torch version below.
+    (identical output); elsewhere, or without numba, the torch version below. With ``conics``
+    (V, 3) and ``opacities`` (V,), the CPU path also drops the tiles of a splat's rectangle that
+    its α ≥ 1/255 ellipse cannot reach (tight culling: the compositor would skip every pixel of
+    such a pair, so images and gradients are unchanged); other devices ignore them.
     """
     device = means2d.device
     grid_x = (width + TILE_SIZE - 1) // TILE_SIZE
     grid_y = (height + TILE_SIZE - 1) // TILE_SIZE
     if device.type == "cpu" and _counting is not None:
-        found = _counting(means2d, radii, depths, TILE_SIZE, grid_x, grid_y)
+        found = _counting(means2d, radii, depths, TILE_SIZE, grid_x, grid_y, conics, opacities,
+                          width, height)
         if found is not None:
             return TileBins(found[0], found[1], grid_x, grid_y)
     x0, x1, y0, y1 = tile_rect(means2d, radii, width, height)
