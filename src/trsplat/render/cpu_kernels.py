@@ -316,12 +316,14 @@ def _row_lanes(kx0, kx1, ry):
 
 
 @njit(inline="always")
-def _alpha_lanes(p_fx, p_col, p_alpha, p_ex, tid, qa, qb, mx, dy, a, b, c, o, p_floor, kx0, kx1):
+def _alpha_lanes(p_fx, p_col, p_alpha, p_ex, tid, qa, qb, mx, dy, a, b, c, o, p_floor, kx0, kx1,
+                 store_ex):
     """α of one splat on lanes [qa, qb) of a tile row (float32, the reference's operations).
 
     p_alpha[q] = min(0.99, o·exp(power)) where the pixel is in the splat's columns, power <= 0,
-    power >= the floor and α >= 1/255, else 0; p_ex[q] = exp(power) (used by the derivative
-    kernels). dy = my − py of the row. Branch-free so that LLVM vectorizes it.
+    power >= the floor and α >= 1/255, else 0; p_ex[q] = exp(power) if ``store_ex`` (the
+    derivative kernels need it). dy = my − py of the row. Branch-free so that LLVM vectorizes
+    it (``store_ex`` is a constant at each inlined call).
     """
     for q in range(qa, qb):
         dx = mx - p_fx[tid, q]
@@ -334,7 +336,8 @@ def _alpha_lanes(p_fx, p_col, p_alpha, p_ex, tid, qa, qb, mx, dy, a, b, c, o, p_
         col = p_col[tid, q]
         ok = (power <= ZERO) & (power >= p_floor) & (alpha >= ALPHA_MIN) & (col >= kx0) & (col < kx1)
         p_alpha[tid, q] = alpha if ok else ZERO
-        p_ex[tid, q] = ex
+        if store_ex:
+            p_ex[tid, q] = ex
 
 
 @njit(inline="always")
@@ -423,7 +426,7 @@ def _forward(gdata, pfloor, ell, boxes, splat_ids, tile_offsets, grid_x, grid_y,
                     qa, qb = _row_lanes(c0, c1, ry)
                     lanes += qb - qa
                     _alpha_lanes(p_fx, p_col, p_alpha, p_ex, tid, qa, qb, mx, dy, a, b, c, o,
-                                 p_floor, c0, c1)
+                                 p_floor, c0, c1, False)
                     n_stop = 0
                     if n_ch == 4:  # the render path (RGB + depth): one fused pass
                         f0 = e_feat[tid, e, 0]
@@ -585,7 +588,7 @@ def _jvp(gdata, tdata, pfloor, ell, boxes, splat_ids, tile_offsets, grid_x, grid
                     qa, qb = _row_lanes(c0, c1, ry)
                     lanes += qb - qa
                     _alpha_lanes(p_fx, p_col, p_alpha, p_ex, tid, qa, qb, mx, dy, a, b, c, o,
-                                 p_floor, c0, c1)
+                                 p_floor, c0, c1, True)
                     n_stop = 0
                     if n_ch == 4:  # the render path: one fused pass
                         f0 = e_feat[tid, e, 0]
@@ -798,7 +801,7 @@ def _backward(gdata, pfloor, ell, boxes, splat_ids, tile_offsets, grid_x, grid_y
                         qa, qb = _row_lanes(c0, c1, ry)
                         lanes += qb - qa
                         _alpha_lanes(p_fx, p_col, p_alpha, p_ex, tid, qa, qb, mx, dy, a, b, c, o,
-                                     p_floor, c0, c1)
+                                     p_floor, c0, c1, True)
                         # only splats before the pixel's last contributor (the T stop is a prefix)
                         if n_ch == 4:  # the render path: one fused pass
                             f0 = np.float64(e_feat[tid, e, 0])
