@@ -1,25 +1,30 @@
 """numba kernels of the ``cpu`` compositing backend (forward, VJP, JVP).
 
-All kernels share one structure (see ``docs/backends_cpu.md``):
+All kernels share one structure (``docs/backends_cpu.md``; the vectorized layout and its
+measurements: ``docs/cpu_performance.md``):
 
 * ``prange`` over 16x16 tiles (dynamically scheduled in chunks of one tile, see
-  :func:`run_parallel`); each tile keeps its 256 pixels' state in small local arrays;
-* the tile's depth-sorted splat list is walked *splat-outer*: each splat's parameters are loaded
-  once and applied to the pixels of the tile that lie in the splat's conservative "can have
-  α ≥ 1/255" box (:func:`splat_boxes`), so pixels that cannot be touched are never visited;
+  :func:`run_parallel`); each tile keeps its 256 pixels' state in per-thread scratch arrays
+  allocated outside the loop (so numba marks them ``noalias`` and LLVM vectorizes freely);
+* the tile's depth-sorted splat list is gathered in chunks into contiguous scratch and walked
+  *splat-outer*: each splat is applied to the pixels of the tile that lie in its conservative
+  "can have α ≥ 1/255" region, row by row: its pixel box (:func:`splat_boxes`) cut to the
+  columns its ellipse reaches in that row (:func:`_row_spans`), widened to whole 4-lane groups;
 * every per-(pixel, splat) decision (power > 0, α < 1/255, α clamp at 0.99, the T < 1e-4 stop)
   is evaluated with the same float32 operations, in the same order, as the reference
-  compositor; transmittance is carried in float64 and rounded to float32 where the reference
-  (whose ``torch.cumprod`` accumulates in double on CPU) rounds it; ``exp`` is libm's float32
-  ``expf`` (one ulp from torch's vectorised ``exp`` on ~1% of arguments).
+  compositor, branch-free over the row's lanes; transmittance is carried in float64 and rounded
+  to float32 where the reference (whose ``torch.cumprod`` accumulates in double on CPU) rounds
+  it; ``exp`` is :func:`exp32`, glibc's float32 ``expf`` algorithm in vectorizable form
+  (bit-identical to libm's ``expf``, one ulp from torch's vectorised ``exp`` on ~1% of
+  arguments).
 
 Splat parameters are packed as one (V, 6 + C) float32 array ``gdata`` with columns
 ``[mean_x, mean_y, conic_a, conic_b, conic_c, opacity, feature_0 .. feature_{C-1}]``.
 
 The VJP does not scatter into per-splat gradients from several threads: it writes one row of
-partial gradients per tile-list entry (deterministic, no atomics), and :func:`reduce_entries`
-sums them per splat in float64. Memory is O(V + M + H·W) with M the number of tile/splat
-intersections.
+partial gradients per tile-list entry (deterministic, no atomics; each row summed over its
+pixels in row-major order), and :func:`reduce_entries` sums them per splat in float64. Memory is
+O(V + M + H·W) with M the number of tile/splat intersections.
 """
 
 from __future__ import annotations
@@ -316,12 +321,14 @@ def _row_lanes(kx0, kx1, ry):
 
 
 @njit(inline="always")
-def _alpha_lanes(p_fx, p_col, p_alpha, p_ex, tid, qa, qb, mx, dy, a, b, c, o, p_floor, kx0, kx1):
+def _alpha_lanes(p_fx, p_col, p_alpha, p_ex, tid, qa, qb, mx, dy, a, b, c, o, p_floor, kx0, kx1,
+                 store_ex):
     """α of one splat on lanes [qa, qb) of a tile row (float32, the reference's operations).
 
     p_alpha[q] = min(0.99, o·exp(power)) where the pixel is in the splat's columns, power <= 0,
-    power >= the floor and α >= 1/255, else 0; p_ex[q] = exp(power) (used by the derivative
-    kernels). dy = my − py of the row. Branch-free so that LLVM vectorizes it.
+    power >= the floor and α >= 1/255, else 0; p_ex[q] = exp(power) if ``store_ex`` (the
+    derivative kernels need it). dy = my − py of the row. Branch-free so that LLVM vectorizes
+    it (``store_ex`` is a constant at each inlined call).
     """
     for q in range(qa, qb):
         dx = mx - p_fx[tid, q]
@@ -334,7 +341,8 @@ def _alpha_lanes(p_fx, p_col, p_alpha, p_ex, tid, qa, qb, mx, dy, a, b, c, o, p_
         col = p_col[tid, q]
         ok = (power <= ZERO) & (power >= p_floor) & (alpha >= ALPHA_MIN) & (col >= kx0) & (col < kx1)
         p_alpha[tid, q] = alpha if ok else ZERO
-        p_ex[tid, q] = ex
+        if store_ex:
+            p_ex[tid, q] = ex
 
 
 @njit(inline="always")
@@ -423,7 +431,7 @@ def _forward(gdata, pfloor, ell, boxes, splat_ids, tile_offsets, grid_x, grid_y,
                     qa, qb = _row_lanes(c0, c1, ry)
                     lanes += qb - qa
                     _alpha_lanes(p_fx, p_col, p_alpha, p_ex, tid, qa, qb, mx, dy, a, b, c, o,
-                                 p_floor, c0, c1)
+                                 p_floor, c0, c1, False)
                     n_stop = 0
                     if n_ch == 4:  # the render path (RGB + depth): one fused pass
                         f0 = e_feat[tid, e, 0]
@@ -585,7 +593,7 @@ def _jvp(gdata, tdata, pfloor, ell, boxes, splat_ids, tile_offsets, grid_x, grid
                     qa, qb = _row_lanes(c0, c1, ry)
                     lanes += qb - qa
                     _alpha_lanes(p_fx, p_col, p_alpha, p_ex, tid, qa, qb, mx, dy, a, b, c, o,
-                                 p_floor, c0, c1)
+                                 p_floor, c0, c1, True)
                     n_stop = 0
                     if n_ch == 4:  # the render path: one fused pass
                         f0 = e_feat[tid, e, 0]
@@ -798,7 +806,7 @@ def _backward(gdata, pfloor, ell, boxes, splat_ids, tile_offsets, grid_x, grid_y
                         qa, qb = _row_lanes(c0, c1, ry)
                         lanes += qb - qa
                         _alpha_lanes(p_fx, p_col, p_alpha, p_ex, tid, qa, qb, mx, dy, a, b, c, o,
-                                     p_floor, c0, c1)
+                                     p_floor, c0, c1, True)
                         # only splats before the pixel's last contributor (the T stop is a prefix)
                         if n_ch == 4:  # the render path: one fused pass
                             f0 = np.float64(e_feat[tid, e, 0])
