@@ -1,4 +1,4 @@
-"""The ``trsplat`` command: train, eval, render, export, make-scene, bench."""
+"""The ``trsplat`` command: train, eval, render, export, view, compare, make-scene, bench."""
 
 from __future__ import annotations
 
@@ -146,6 +146,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from trsplat.training.plots import compare_runs
+
+    labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
+    plot, table_path, table = compare_runs(args.runs, args.out, labels)
+    print(table, end="")
+    print(f"wrote {plot} and {table_path}")
+    return 0
+
+
 def cmd_make_scene(args: argparse.Namespace) -> int:
     from trsplat.synthetic import make_synthetic_scene
 
@@ -198,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder")
     p.add_argument("--out", default=None, help="PLY path (default: RUN/point_cloud.ply)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("compare", help="draw several runs on shared axes (PNG) and tabulate their metrics (markdown)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders")
+    p.add_argument("--out", default="compare", help="folder for compare.png and compare.md (default: compare)")
+    p.add_argument("--labels", default=None, help="comma-separated names of the runs (default: their folder names)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("make-scene", help="generate the small synthetic scene (Blender format)")
     p.add_argument("out", help="folder to write")

@@ -7,6 +7,9 @@ A run folder ``DIR`` holds
 - ``checkpoint.pt``    parameters, optimiser state, RNG states, iteration, timers,
 - ``point_cloud.ply``  the final Gaussians in the INRIA PLY layout,
 - ``renders/iter_N/``  a few test renders next to their ground truth,
+- ``curves.json``      the per-step training loss, train PSNR, train seconds and Gaussian count
+                       (what the loss curve of ``curves.png`` needs; a resumed run keeps its start),
+- ``curves.png``       loss, test metrics, Gaussian count and trust-region curves, redrawn at each eval,
 - ``eval.json``        what ``trsplat eval`` recomputed, ``renders/SPLIT/`` what ``trsplat render`` drew.
 
 Every file is written atomically (temporary name, fsync, rename).
@@ -26,7 +29,7 @@ import torch
 from trsplat.config import TrainConfig
 from trsplat.errors import TrsplatError
 from trsplat.gaussians import Gaussians, save_ply
-from trsplat.io_utils import ensure_dir, remove_stale_temporaries, save_torch, write_json
+from trsplat.io_utils import atomic_write, ensure_dir, remove_stale_temporaries, save_torch, write_json
 
 CHECKPOINT_FORMAT = 2
 """Version of ``checkpoint.pt``: 2 since the optimisers are ``torch.optim.Optimizer`` s."""
@@ -40,6 +43,8 @@ class RunDir:
     CHECKPOINT = "checkpoint.pt"
     PLY = "point_cloud.ply"
     EVAL = "eval.json"
+    CURVES = "curves.json"
+    CURVES_PLOT = "curves.png"
     LOCK = ".lock"
     RENDERS = "renders"
 
@@ -50,6 +55,8 @@ class RunDir:
         self.checkpoint_path = self.path / self.CHECKPOINT
         self.ply_path = self.path / self.PLY
         self.eval_path = self.path / self.EVAL
+        self.curves_path = self.path / self.CURVES
+        self.curves_plot_path = self.path / self.CURVES_PLOT
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -114,6 +121,15 @@ class RunDir:
         if last == iters and (bool(metrics.get("finished")) or self.ply_path.is_file()):
             return "finished"
         return "interrupted" if self.has_checkpoint() else "missing"
+
+    def write_curves(self, curves: dict[str, Any]) -> None:
+        """``curves.json``, compact (one training step is a few numbers in each column)."""
+        with atomic_write(self.curves_path) as tmp:
+            tmp.write_text(json.dumps(curves, separators=(",", ":")) + "\n")
+
+    def read_curves(self) -> dict[str, Any] | None:
+        """``curves.json``, or None where there is none (runs of earlier versions)."""
+        return self._read_json(self.curves_path, required=False)
 
     # -- checkpoint and PLY -----------------------------------------------------------------
     def save_checkpoint(self, state: dict[str, Any]) -> None:

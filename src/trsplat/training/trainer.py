@@ -36,6 +36,7 @@ from trsplat.render.backends import get_backend, resolve_backend
 from trsplat.strategy import Strategy, StepInfo, build_strategy
 from trsplat.training.evaluation import active_sh_degree, evaluate
 from trsplat.training.hooks import Hook, ProgressBar
+from trsplat.training.plots import TrainingCurves
 from trsplat.training.rundir import CHECKPOINT_FORMAT, RunDir
 
 FINITE_CHECK_EVERY = 100
@@ -382,8 +383,16 @@ def _check_memory(n_gaussians: int) -> None:
                            f"{available / 2**30:.1f} GiB are available")
 
 
+def default_hooks() -> list[Hook]:
+    """What :func:`train` and :func:`resume` observe a run with unless ``hooks`` are given: the
+    progress bar and the curves (``curves.json``, ``curves.png``) of every run."""
+    return [ProgressBar(), TrainingCurves()]
+
+
 def train(cfg: TrainConfig, **trainer_options) -> dict[str, Any]:
-    """Train a new run described by ``cfg``; ``trainer_options`` go to :class:`Trainer`."""
+    """Train a new run described by ``cfg``; ``trainer_options`` go to :class:`Trainer`
+    (``hooks`` default to :func:`default_hooks`)."""
+    trainer_options.setdefault("hooks", default_hooks())
     cfg.validate()
     run_dir = RunDir(cfg.out)
     if run_dir.has_checkpoint():
@@ -399,6 +408,7 @@ def resume(out_dir: str | Path, changes: dict[str, Any] | None = None, **trainer
     """Continue the run in ``out_dir`` from its checkpoint; reaches the same result as an
     uninterrupted run. ``changes`` (leaf name -> value, only :data:`RESUME_EXTENDABLE`) extend it:
     more iterations, later evaluations (the schedules then span the new ``iters``)."""
+    trainer_options.setdefault("hooks", default_hooks())
     run_dir = RunDir(out_dir)
     if not run_dir.has_checkpoint():
         raise TrsplatError(f"{run_dir.path}: no {RunDir.CHECKPOINT} to resume from")

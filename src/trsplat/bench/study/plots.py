@@ -8,7 +8,7 @@
 * ``peak_memory.png``: peak RSS (and CUDA memory when recorded) per variant and scene, mean ± std.
 
 Figures are built with :class:`matplotlib.figure.Figure` (no pyplot global state, Agg canvas) and
-written atomically.
+written atomically (:func:`trsplat.training.plots.save_figure`, with the colours the run curves use).
 """
 
 from __future__ import annotations
@@ -16,11 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from trsplat.io_utils import atomic_write
+from trsplat.training.plots import ADAM_TR_COLOR, OTHER_COLORS, optimizer_color, save_figure
 
-_CURVATURE_COLORS = {"hutchinson": "#d62728", "gnb": "#2ca02c", "none": "#9467bd"}
-_OTHER_COLORS = ["#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#1f77b4", "#aec7e8",
-                 "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94"]
 _EPS_STYLES = {"paper": "-", "rebuttal": "--", "small": ":"}
 
 
@@ -34,27 +31,19 @@ def variant_styles(spec) -> dict[str, dict[str, Any]]:
         if name == spec.reference or (opt == "adam" and "ablation" not in meta):
             color = "black"
         elif "ablation" in meta:
-            color = _OTHER_COLORS[k % len(_OTHER_COLORS)]
+            color = OTHER_COLORS[k % len(OTHER_COLORS)]
             k += 1
         elif opt == "adam-tr":
-            color = "#1f77b4"
+            color = ADAM_TR_COLOR
         elif opt == "tr":
-            color = _CURVATURE_COLORS.get(meta.get("curvature"), _OTHER_COLORS[k % len(_OTHER_COLORS)])
+            color = optimizer_color(opt, meta.get("curvature")) or OTHER_COLORS[k % len(OTHER_COLORS)]
         else:
-            color = _OTHER_COLORS[k % len(_OTHER_COLORS)]
+            color = OTHER_COLORS[k % len(OTHER_COLORS)]
             k += 1
         style = _EPS_STYLES.get(meta.get("eps"), "-.") if "eps" in meta else "-"
         styles[name] = {"color": color, "linestyle": style,
                         "linewidth": 2.4 if name == spec.reference else 1.6}
     return styles
-
-
-def _save(fig, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
 
 
 def _series(summary: dict[str, Any], xkey: str | None):
@@ -109,7 +98,7 @@ def plot_psnr(spec, res: dict[str, Any], title: str, path: Path) -> bool:
     ax_it, ax_t = fig.subplots(1, 2)
     drawn = _draw_psnr(ax_it, ax_t, spec, res, styles, title)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return drawn
 
 
@@ -122,7 +111,7 @@ def plot_overview(spec, items: list[tuple[str, dict[str, Any]]], path: Path) -> 
     for (scene, res), (ax_it, ax_t) in zip(items, axes):
         _draw_psnr(ax_it, ax_t, spec, res, styles, scene)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_memory(spec, items: list[tuple[str, dict[str, Any]]], path: Path) -> None:
@@ -170,7 +159,7 @@ def plot_memory(spec, items: list[tuple[str, dict[str, Any]]], path: Path) -> No
         else:
             ax.text(0.5, 0.5, "no finished runs yet", transform=ax.transAxes, ha="center", va="center")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def write_plots(spec, results: dict[str, Any], plot_dir: str | Path) -> list[str]:
