@@ -65,18 +65,32 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 # -- commands ---------------------------------------------------------------------------------
+def _viewer_options(args: argparse.Namespace) -> dict[str, object]:
+    return dict(host=args.host, port=args.port, renderer=args.renderer, resolution=args.resolution,
+                max_splats=args.max_splats)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from trsplat.training import resume, train
 
+    options = {}
+    if args.viewer:  # checked before the capture is loaded; the viewer starts with the loop
+        from trsplat.training.trainer import default_hooks
+        from trsplat.viewer import LiveViewer, check_port
+
+        check_port(args.host, args.port)
+        if not args.viewer_every > 0:
+            raise TrsplatError(f"--viewer-every {args.viewer_every}: expected seconds > 0")
+        options["hooks"] = [*default_hooks(), LiveViewer(every=args.viewer_every, **_viewer_options(args))]
     if args.resume:
         if args.data or args.out:
             raise TrsplatError(f"--resume {args.resume} continues that run in its folder with its data; "
                                f"do not give DATA or --out with it")
-        metrics = resume(args.resume, given_options(args))
+        metrics = resume(args.resume, given_options(args), **options)
     else:
         if not args.data or not args.out:
             raise TrsplatError("train needs DATA and --out DIR (or --resume DIR)")
-        metrics = train(config_from_args(args))
+        metrics = train(config_from_args(args), **options)
     last = metrics["evals"][-1]
     print(json.dumps({k: last[k] for k in ("iteration", "psnr", "ssim", "lpips", "train_seconds") if k in last}))
     return 0
@@ -146,6 +160,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    from trsplat.viewer import view
+
+    return view(args.target, backend=args.backend, **_viewer_options(args))
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from trsplat.training.plots import compare_runs
 
@@ -172,6 +192,19 @@ def cmd_bench_render(args: argparse.Namespace) -> int:
     return render_bench.main(args)
 
 
+def _add_viewer_arguments(p) -> None:
+    p.add_argument("--port", type=int, default=8080, help="port of the page (default: 8080; 0: any free port)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: every network)")
+    p.add_argument("--renderer", default="browser", choices=("browser", "trsplat"),
+                   help="what draws the view at first: the browser's splats or trsplat's renderer "
+                        "(switchable on the page; default: browser)")
+    p.add_argument("--resolution", type=int, default=256, metavar="PX",
+                   help="longest side of trsplat's renders in pixels (default: 256)")
+    p.add_argument("--max-splats", type=int, default=None, metavar="N",
+                   help="send at most N splats to the browser (default: all visible ones)")
+
+
 class _Parser(argparse.ArgumentParser):
     """Command-line mistakes end in one line too (argparse prints its usage block otherwise)."""
 
@@ -188,7 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="", help="output folder of the run")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the stopped run in DIR")
     add_config_arguments(p)
+    v = p.add_argument_group("live viewer (docs/viewer.md)")
+    v.add_argument("--viewer", action="store_true", help="serve the training live in the browser "
+                   "(current Gaussians, iteration, loss, PSNR, pause/resume)")
+    v.add_argument("--viewer-every", type=float, default=2.0, metavar="S",
+                   help="send the Gaussians to an open page at most every S seconds (default: 2)")
+    _add_viewer_arguments(v)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("view", help="look at a run or a 3DGS PLY in the browser (docs/viewer.md)")
+    p.add_argument("target", metavar="RUN_DIR|FILE.ply", help="run folder or 3DGS PLY file")
+    p.add_argument("--backend", default="auto", help="backend of the trsplat renderer (default: auto)")
+    _add_viewer_arguments(p)
+    p.set_defaults(func=cmd_view)
 
     p = sub.add_parser("eval", help="recompute test metrics of a saved run (writes DIR/eval.json)")
     p.add_argument("run", help="run folder")
