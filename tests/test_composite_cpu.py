@@ -185,3 +185,52 @@ def test_project_cpu_float64_and_double_backward():
     (gr,) = torch.autograd.grad(p.conics.sum(), gg.means, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         gr.sum().backward()
+
+
+def test_vjp_shares_the_forwards_prepared_arrays():
+    """The VJP reuses the forward's packed splats and per-splat tables (keyed by its t_final
+    buffer and the unmodified inputs) and gets the same gradients as with fresh ones; the
+    entry is dropped with the buffer, and other inputs are never matched to it."""
+    import gc
+
+    from trsplat.render import composite_cpu as cc
+
+    width, height = 40, 30
+    m, con, f, o, radii, depths, bg = random_splats(5, 400, width, height, 4)
+    bins = bin_splats(m, radii, depths, width, height, con, o)
+    inputs = [t.clone().requires_grad_(True) for t in (m, con, f, o)]
+    before = set(cc._PREPARED)
+    image, alpha = cc.composite_cpu(*inputs, bins, width, height, bg)
+    new = set(cc._PREPARED) - before
+    assert len(new) == 1
+    entry = cc._PREPARED[new.pop()]
+    assert entry.key == cc._key(tuple(inputs), width, height)
+    g_image, g_alpha = torch.randn_like(image), torch.randn_like(alpha)
+    shared = torch.autograd.grad((image * g_image).sum() + (alpha * g_alpha).sum(), inputs)
+    del image, alpha
+    gc.collect()
+    assert set(cc._PREPARED) == before  # t_final freed with the graph
+
+    launch_inputs = [t.detach() for t in inputs]
+    fresh_inputs = [t.clone().requires_grad_(True) for t in launch_inputs]
+    fresh_image, fresh_alpha = cc.composite_cpu(*fresh_inputs, bins, width, height, bg)
+    cc._PREPARED.clear()  # the VJP must now prepare its own arrays
+    fresh = torch.autograd.grad((fresh_image * g_image).sum() + (fresh_alpha * g_alpha).sum(),
+                                fresh_inputs)
+    for a, b in zip(shared, fresh):
+        assert torch.equal(a, b)
+    # another input tensor with the same t_final is never matched to the entry
+    pre = cc._prepare(*launch_inputs, _Launch(width, height))
+    other = launch_inputs[0].clone()
+    buffer = np.zeros((height, width))  # as run_forward's t_final: a numpy-owned buffer
+    cc._remember(buffer, pre)
+    t_final = torch.from_numpy(buffer)
+    assert cc._recall(*launch_inputs, t_final, _Launch(width, height)) is pre
+    assert cc._recall(other, *launch_inputs[1:], t_final, _Launch(width, height)) is not pre
+    launch_inputs[1].mul_(1.0)  # an in-place change bumps the version
+    assert cc._recall(*launch_inputs, t_final, _Launch(width, height)) is not pre
+
+
+class _Launch:
+    def __init__(self, width: int, height: int):
+        self.width, self.height = width, height

@@ -58,10 +58,10 @@ _BOX_ABS = 1e-3      # pixels
 _BOX_POS = 1e-6      # relative to the coordinate magnitude (rounding of mean - pixel)
 
 
-def run_parallel(fn, *args):
+def run_parallel(fn, *args, **kwargs):
     """Call a ``parallel=True`` kernel with dynamic scheduling (chunks of one tile)."""
     with numba.parallel_chunksize(1):
-        return fn(*args)
+        return fn(*args, **kwargs)
 
 
 @njit(parallel=True, fastmath=False, cache=True, error_model="numpy")
@@ -362,6 +362,7 @@ def _max_list(tile_offsets: np.ndarray) -> int:
 
 
 def _prep(gdata: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pfloor (V,) float32, ell (V, N_ELL) float64) of :func:`splat_prep`."""
     pfloor = np.empty(gdata.shape[0], dtype=np.float32)
     ell = np.empty((gdata.shape[0], N_ELL), dtype=np.float64)
     if gdata.shape[0]:
@@ -489,12 +490,15 @@ def _forward(gdata, pfloor, ell, boxes, splat_ids, tile_offsets, grid_x, grid_y,
 
 
 def forward_kernel(gdata, boxes, splat_ids, tile_offsets, grid_x, grid_y, width, height,
-                   background, image, t_final, n_used, stats=None):
+                   background, image, t_final, n_used, stats=None,
+                   prep=None):
     """Front-to-back compositing. Writes image (H, W, C) f32, t_final (H, W) f64, n_used (H, W) i32.
 
     ``n_used[y, x]`` is the position (1-based) in the pixel's tile list of its last
     contributing splat, 0 when nothing contributed. ``stats`` (T, N_STATS) int64, if given,
     receives per tile the (pixel, splat) lanes evaluated and the list entries visited.
+    ``prep``, if given, is :func:`_prep`'s (pfloor, ell) for ``gdata`` (shared between the
+    kernels of one render instead of recomputed by each).
     """
     n_ch = gdata.shape[1] - N_GEOM
     nth = numba.config.NUMBA_NUM_THREADS  # thread ids run up to the pool size
@@ -511,7 +515,8 @@ def forward_kernel(gdata, boxes, splat_ids, tile_offsets, grid_x, grid_y, width,
         "p_c0": ((TILE,), np.int32), "p_c1": ((TILE,), np.int32)})
     if stats is None:
         stats = np.empty((n_tiles, N_STATS), dtype=np.int64)
-    _forward(gdata, *_prep(gdata, width, height), boxes, splat_ids, tile_offsets, grid_x, grid_y, width,
+    pfloor, ell = _prep(gdata, width, height) if prep is None else prep
+    _forward(gdata, pfloor, ell, boxes, splat_ids, tile_offsets, grid_x, grid_y, width,
              height, background, image, t_final, n_used, stats, **sc)
 
 
@@ -694,12 +699,13 @@ def _jvp(gdata, tdata, pfloor, ell, boxes, splat_ids, tile_offsets, grid_x, grid
 
 
 def jvp_kernel(gdata, tdata, boxes, splat_ids, tile_offsets, grid_x, grid_y, width, height,
-               background, image, t_final, n_used, image_dot, alpha_dot, stats=None):
+               background, image, t_final, n_used, image_dot, alpha_dot, stats=None,
+               prep=None):
     """Forward kernel that also pushes tangents ``tdata`` (V, 6 + C, same layout as gdata).
 
     Writes the primal outputs exactly as :func:`forward_kernel` and, in the same pass, the
     tangents image_dot (H, W, C) and alpha_dot (H, W) (without the background tangent, which
-    the caller adds as T_final · ḃg). ``stats`` as in :func:`forward_kernel`.
+    the caller adds as T_final · ḃg). ``stats`` and ``prep`` as in :func:`forward_kernel`.
     """
     n_ch = gdata.shape[1] - N_GEOM
     nth = numba.config.NUMBA_NUM_THREADS  # thread ids run up to the pool size
@@ -718,7 +724,8 @@ def jvp_kernel(gdata, tdata, boxes, splat_ids, tile_offsets, grid_x, grid_y, wid
         "p_c0": ((TILE,), np.int32), "p_c1": ((TILE,), np.int32)})
     if stats is None:
         stats = np.empty((n_tiles, N_STATS), dtype=np.int64)
-    _jvp(gdata, tdata, *_prep(gdata, width, height), boxes, splat_ids, tile_offsets, grid_x, grid_y, width,
+    pfloor, ell = _prep(gdata, width, height) if prep is None else prep
+    _jvp(gdata, tdata, pfloor, ell, boxes, splat_ids, tile_offsets, grid_x, grid_y, width,
          height, background, image, t_final, n_used, image_dot, alpha_dot, stats, **sc)
 
 
@@ -923,7 +930,8 @@ def _backward(gdata, pfloor, ell, boxes, splat_ids, tile_offsets, grid_x, grid_y
 
 
 def backward_kernel(gdata, boxes, splat_ids, tile_offsets, grid_x, grid_y, width, height,
-                    background, t_final, n_used, grad_image, grad_alpha, entry_grads, stats=None):
+                    background, t_final, n_used, grad_image, grad_alpha, entry_grads, stats=None,
+                    prep=None):
     """Back-to-front VJP. Writes entry_grads (M, 6 + C) f32: the gradient each tile-list entry
     receives from its tile's pixels, columns ``[mean_x, mean_y, a, b, c, opacity, features...]``.
 
@@ -931,7 +939,7 @@ def backward_kernel(gdata, boxes, splat_ids, tile_offsets, grid_x, grid_y, width
     transmittance before each splat as T / (1 − α), and carries the scalar
     ``r = g · (Σ_behind f α T + T_final·bg) / T_after`` so no per-pixel colour history is kept.
     Each entry's sums run over its pixels in row-major order, as in the scalar kernels, so the
-    results are bit-identical to them. ``stats`` as in :func:`forward_kernel`.
+    results are bit-identical to them. ``stats`` and ``prep`` as in :func:`forward_kernel`.
     """
     n_ch = gdata.shape[1] - N_GEOM
     n_k = N_GEOM + n_ch
@@ -950,7 +958,8 @@ def backward_kernel(gdata, boxes, splat_ids, tile_offsets, grid_x, grid_y, width
         "p_c0": ((TILE,), np.int32), "p_c1": ((TILE,), np.int32), "p_rowmax": ((TILE,), np.int32)})
     if stats is None:
         stats = np.empty((n_tiles, N_STATS), dtype=np.int64)
-    _backward(gdata, *_prep(gdata, width, height), boxes, splat_ids, tile_offsets, grid_x, grid_y, width,
+    pfloor, ell = _prep(gdata, width, height) if prep is None else prep
+    _backward(gdata, pfloor, ell, boxes, splat_ids, tile_offsets, grid_x, grid_y, width,
               height, background, t_final, n_used, grad_image, grad_alpha, entry_grads, stats,
               **sc)
 
