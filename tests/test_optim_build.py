@@ -28,7 +28,7 @@ def config(**over) -> SimpleNamespace:
                   lr_sh_dc=2.5e-3, lr_sh_rest=2.5e-3 / 20, lr_opacity=0.025, lr_scale=5e-3, lr_rotation=1e-3,
                   adam_eps=1e-15, eps_start=1e-6, eps_end=1e-8, curvature="gnb", curvature_interval=7, n_probes=1,
                   theta1=0.8, theta2=0.99, guard="abs", guard_floor=1e-10, bias_correction=True,
-                  step_norm="median-radius", step_norm_quantile=0.3)
+                  step_norm="median-radius", step_norm_quantile=0.3, tr_radius="fixed", tr_radius_test_every=10)
     return SimpleNamespace(**{**fields, **over}, trust_region=lambda: TR_CONFIG)
 
 
@@ -104,3 +104,16 @@ def test_build_tr() -> None:
     assert set(groups(opt, "tr_eps").values()) == {exponential_decay(400, 1e-6, 1e-8, 700)}
     with pytest.raises(ValueError, match="unknown optimizer"):
         build_optimizer(config(optimizer="sgd"), params(), extent=1.0, iters=10, seed=0)
+    assert opt.radius_control is None and "adaptive_radius" not in opt.state_dict()
+
+
+def test_build_tr_adaptive_radius() -> None:
+    """``tr_radius="adaptive"`` gives the optimizer a ratio-test control with the config's test
+    interval, starting at κ = 1; any other mode is refused."""
+    opt, _ = build_optimizer(config(optimizer="tr", tr_radius="adaptive", tr_radius_test_every=4), params(),
+                             extent=1.0, iters=10, seed=0)
+    assert opt.radius_control is not None
+    assert (opt.radius_control.test_every, opt.radius_control.scale) == (4, 1.0)
+    assert opt.state_dict()["adaptive_radius"]["scale"] == 1.0
+    with pytest.raises(ValueError, match="unknown radius mode"):
+        build_optimizer(config(optimizer="tr", tr_radius="per-gaussian"), params(), extent=1.0, iters=10, seed=0)

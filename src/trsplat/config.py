@@ -101,6 +101,11 @@ class OptimizerConfig:
     residual_form: str = opt("sqrt", "tr: residual of the curvature estimate: sqrt (paper) or l2 (surrogate)",
                              choices=("sqrt", "l2"))
     residual_delta: float = opt(1e-6, "tr: delta of the sqrt residual, per-pixel loss units", lo=0)
+    tr_radius: str = opt("fixed", "tr: fixed (the paper: radii for the scheduled eps) or adaptive (eps times a "
+                         "factor that a trust-region ratio test of the step's loss grows or shrinks; "
+                         "docs/optimizer.md)", choices=("fixed", "adaptive"))
+    tr_radius_test_every: int = opt(10, "tr with --tr-radius adaptive: run the ratio test (one extra forward "
+                                    "render) every k iterations", lo=1)
     # Hellinger trust region (trsplat.optim.hellinger.TrustRegionConfig; docs/trust_region.md)
     tr_bounds: str = opt("kernel", "kernel (authors' CUDA kernel) or paper (constants as printed)",
                          choices=("kernel", "paper"))
@@ -250,6 +255,8 @@ class TrainConfig:
                 warn(f"--eval-at {self.eval.eval_at}: sorted and duplicates dropped")
                 self.eval.eval_at = sorted(set(self.eval.eval_at))
         o = self.optim
+        if o.tr_radius != "fixed" and o.optimizer != "tr":
+            raise TrsplatError(f"--tr-radius {o.tr_radius} needs --optimizer tr, got --optimizer {o.optimizer}")
         if o.residual_form == "sqrt" and o.residual_delta == 0:
             raise TrsplatError(f"--residual-delta must be > 0 for the sqrt residual, got {o.residual_delta}")
         for name in ("lr_means", "lr_sh_dc", "lr_sh_rest", "lr_opacity", "lr_scale", "lr_rotation"):

@@ -44,6 +44,7 @@ def build_optimizer(ocfg: Any, params: dict[str, Tensor], *, extent: float, iter
         params, trust_region=HellingerTrustRegion(ocfg.trust_region()), tr_eps=ocfg.eps_start,
         curvature=ocfg.curvature, interval=ocfg.curvature_interval, theta1=ocfg.theta1, theta2=ocfg.theta2,
         guard=ocfg.guard, guard_floor=ocfg.guard_floor, bias_correction=ocfg.bias_correction,
-        step_norm=ocfg.step_norm, step_norm_quantile=ocfg.step_norm_quantile, seed=seed)
+        step_norm=ocfg.step_norm, step_norm_quantile=ocfg.step_norm_quantile, seed=seed,
+        radius=ocfg.tr_radius, radius_test_every=ocfg.tr_radius_test_every)
     return optimizer, [ExponentialDecay(optimizer, key="tr_eps", start=ocfg.eps_start, end=ocfg.eps_end,
                                         max_steps=iters)]

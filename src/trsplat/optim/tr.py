@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from trsplat.optim.curvature import CURVATURES
+from trsplat.optim.radius import RADIUS_MODES, AdaptiveRadius, StepLoss
 from trsplat.optim.trust_region import HellingerTrustRegion, WithTrustRegion, group_eps, named_params
 
 GUARDS = ("sophia", "abs", "raw")
@@ -51,13 +52,17 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
     of the generator handed to the curvature closure (seeded with ``seed + 7919``).
     ``curvature`` names the estimator the caller's closure runs (``"none"``: never called, D̂ = 0);
     it is refreshed at steps t ≡ 1 (mod ``interval``), t = 1, 2, ... counting this optimizer's steps.
+    ``radius="adaptive"`` multiplies ε by the factor κ of :attr:`radius_control` (an
+    :class:`~trsplat.optim.radius.AdaptiveRadius`, ratio test every ``radius_test_every`` steps;
+    its state travels in ``state_dict`` under ``"adaptive_radius"``); ``"fixed"`` (the paper) uses
+    ε as scheduled and has ``radius_control = None``.
     """
 
     def __init__(self, params: dict[str, Tensor], *, trust_region: HellingerTrustRegion | None = None,
                  tr_eps: float = 1e-6, curvature: str = "hutchinson", interval: int = 10, theta1: float = 0.9,
                  theta2: float = 0.999, guard: str = "sophia", guard_floor: float = 1e-12,
                  bias_correction: bool = False, step_norm: str = "none", step_norm_quantile: float = 0.5,
-                 seed: int = 0) -> None:
+                 seed: int = 0, radius: str = "fixed", radius_test_every: int = 10) -> None:
         if guard not in GUARDS:
             raise ValueError(f"unknown guard {guard!r}; choose {', '.join(GUARDS)}")
         if step_norm not in STEP_NORMS:
@@ -68,23 +73,87 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
             raise ValueError(f"unknown curvature estimator {curvature!r}; choose {', '.join(CURVATURES)}")
         if interval < 1:
             raise ValueError(f"interval must be >= 1, got {interval}")
+        if radius not in RADIUS_MODES:
+            raise ValueError(f"unknown radius mode {radius!r}; choose {', '.join(RADIUS_MODES)}")
         defaults = dict(tr_eps=tr_eps, theta1=theta1, theta2=theta2, guard=guard, guard_floor=guard_floor,
                         bias_correction=bias_correction, step_norm=step_norm, step_norm_quantile=step_norm_quantile)
         super().__init__([{"params": [p], "name": name} for name, p in params.items()], defaults)
         self.trust_region = HellingerTrustRegion() if trust_region is None else trust_region
         self.curvature = curvature
         self.interval = interval
+        self.radius_control = AdaptiveRadius(radius_test_every) if radius == "adaptive" else None
         # optimizer-wide, not a parameter's: the base class saves and restores it uncast
         self.state["generator"] = torch.Generator().manual_seed(seed + 7919).get_state()
 
     @torch.no_grad()
-    def step(self, closure: CurvatureClosure | None = None) -> None:
+    def step(self, closure: CurvatureClosure | None = None, step_loss: StepLoss | None = None) -> None:
         """One step from the gradients in ``.grad`` (consumed: set to None before the closure runs).
 
         ``closure(generator)`` returns the curvature diagonal ``{name: D}``; it is called (with
         grad mode on) only when a refresh is due and ``curvature`` is not ``"none"``, and must
-        then be given.  Unlike a usual torch closure it computes no loss.
+        then be given.  Unlike a usual torch closure it computes no loss.  ``step_loss`` (the
+        loss of the gradient's views before the step and a callable for it after) is used only
+        by the adaptive radius, when its ratio test is due (:meth:`ratio_test_due`), and must then
+        be given.
         """
+        t = self._fold_gradients_step_count()
+        control = self.radius_control
+        testing = control is not None and control.due(t)
+        if testing and step_loss is None:
+            raise ValueError(f"step {t}: a ratio test of the adaptive radius is due; pass step_loss")
+        grads: dict[str, Tensor] = {}
+        for group in self.param_groups:
+            (p,) = group["params"]
+            if testing and p.grad is not None:  # the test's model uses the step's own gradient
+                grads[group["name"]] = p.grad
+            p.grad = None  # consumed: free it before the curvature renders (peak memory)
+        if self.curvature != "none" and (t - 1) % self.interval == 0:
+            if closure is None:
+                raise ValueError(f"step {t}: a curvature refresh is due; pass the curvature closure")
+            generator = torch.Generator()
+            generator.set_state(self.state["generator"])
+            with torch.enable_grad():
+                diag = closure(generator)
+            self.state["generator"] = generator.get_state()
+            self._update_curvature(diag)
+        eps = group_eps(self.param_groups)
+        if control is not None:
+            eps = eps * control.scale
+        params = named_params(self.param_groups)
+        current = {k: v.detach() for k, v in params.items()}
+        if not testing:
+            self.trust_region.clip_and_apply(params, self._newton_steps(current, eps), eps)
+            return
+        model = _ModelDecrease(grads, self._model_curvature())
+        self.trust_region.clip_and_apply(params, self._newton_steps(current, eps), eps, observe=model.observe)
+        del grads, current
+        assert step_loss is not None and control is not None
+        control.update(model.predicted, step_loss.before - float(step_loss.after()), model.bound_share())
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.radius_control is not None:
+            state["adaptive_radius"] = self.radius_control.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        radius = state_dict.pop("adaptive_radius", None)
+        if (radius is None) != (self.radius_control is None):
+            raise ValueError("the state_dict's radius mode (adaptive or fixed) differs from this optimizer's")
+        super().load_state_dict(state_dict)
+        if self.radius_control is not None:
+            self.radius_control.load_state_dict(radius)
+
+    def ratio_test_due(self) -> bool:
+        """Whether the next :meth:`step` runs the adaptive radius's ratio test (needs ``step_loss``)."""
+        if self.radius_control is None:
+            return False
+        p = self.param_groups[0]["params"][0]
+        return self.radius_control.due(self.state[p].get("step", 0) + 1 if p in self.state else 1)
+
+    def _fold_gradients_step_count(self) -> int:
+        """ĝ ← θ₁ ĝ + (1 − θ₁) g for every parameter (leaving ``.grad`` in place); returns t."""
         t = 0
         for group in self.param_groups:
             (p,) = group["params"]
@@ -97,22 +166,22 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
                 state["grad_ema"].mul_(theta1).add_(torch.nan_to_num_(p.grad), alpha=1 - theta1)
             else:
                 state["grad_ema"].mul_(theta1)
-            p.grad = None  # consumed: free it before the curvature renders (peak memory)
             state["step"] += 1
             t = state["step"]  # (every parameter steps together)
-        if self.curvature != "none" and (t - 1) % self.interval == 0:
-            if closure is None:
-                raise ValueError(f"step {t}: a curvature refresh is due; pass the curvature closure")
-            generator = torch.Generator()
-            generator.set_state(self.state["generator"])
-            with torch.enable_grad():
-                diag = closure(generator)
-            self.state["generator"] = generator.get_state()
-            self._update_curvature(diag)
-        eps = group_eps(self.param_groups)
-        params = named_params(self.param_groups)
-        current = {k: v.detach() for k, v in params.items()}
-        self.trust_region.clip_and_apply(params, self._newton_steps(current, eps), eps)
+        return t
+
+    def _model_curvature(self) -> dict[str, Tensor]:
+        """D of the ratio test's model per parameter: the curvature EMA as the Newton step reads
+        it (bias-corrected when that is on), unscaled; D⁺ = max(D, 0) is taken when summing."""
+        out = {}
+        for group in self.param_groups:
+            (p,) = group["params"]
+            state = self.state[p]
+            d_hat = state["curv_ema"]
+            if group["bias_correction"]:
+                d_hat = d_hat / (1 - group["theta2"] ** max(state["curvature_updates"], 1))
+            out[group["name"]] = d_hat
+        return out
 
     def _update_curvature(self, diag: dict[str, Tensor]) -> None:
         """D̂ ← θ₂ D̂ + (1 − θ₂) D, NaN → 0 (``diag`` is the estimator's own: cleaned in place)."""
@@ -142,3 +211,27 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
                 step = self.trust_region.scale_to_radius(current, group["name"], step, eps,
                                                          group["step_norm_quantile"])
             yield group["name"], step
+
+
+class _ModelDecrease:
+    """Sums the predicted decrease −(g·s + ½ s·D⁺s) of the clipped steps ``s`` as the trust region
+    applies them (``g``: the step's gradient, 0 where a parameter had none; ``D⁺ = max(D, 0)``),
+    in float64, and the share of moving coordinates on the bound."""
+
+    def __init__(self, grads: dict[str, Tensor], curvature: dict[str, Tensor]) -> None:
+        self.grads, self.curvature = grads, curvature
+        self.predicted = 0.0
+        self.on_bound = 0
+        self.moving = 0
+
+    def observe(self, name: str, step: Tensor, on_bound: Tensor, moving: Tensor) -> None:
+        s = step.double()
+        g = self.grads.pop(name, None)
+        linear = float((torch.nan_to_num(g.double()) * s).sum()) if g is not None else 0.0
+        quadratic = float((self.curvature[name].double().clamp_min(0.0) * s * s).sum())
+        self.predicted -= linear + 0.5 * quadratic
+        self.on_bound += int(on_bound.sum())
+        self.moving += int(moving.sum())
+
+    def bound_share(self) -> float:
+        return self.on_bound / self.moving if self.moving else 0.0

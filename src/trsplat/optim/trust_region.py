@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -19,6 +19,9 @@ from trsplat.optim.hellinger import RADIUS_INPUTS, TrustRegionConfig, check_back
 _FAR = 1e30  # a step this long is clipped to the radius in its direction for every parameter
 _READ_BY_OTHERS = {k for name, inputs in RADIUS_INPUTS.items() for k in inputs if k != name}
 """Parameters some other parameter's radius reads: their clipped steps wait until all are clipped."""
+
+StepObserver = Callable[[str, Tensor, Tensor, Tensor], None]
+"""``observe(name, clipped step, on_bound mask, moving mask)``: sees each clipped step (read only)."""
 
 
 @dataclass
@@ -63,9 +66,12 @@ class HellingerTrustRegion:
         return clip_step(params, steps, eps, self.config, backend=self.clip_backend)
 
     @torch.no_grad()
-    def clip_and_apply(self, params: Mapping[str, Tensor], steps: Iterable[tuple[str, Tensor]], eps: float) -> None:
+    def clip_and_apply(self, params: Mapping[str, Tensor], steps: Iterable[tuple[str, Tensor]], eps: float,
+                       observe: StepObserver | None = None) -> None:
         """Clip each proposed ``(name, step)`` to the radii at the current ``params``, add it to
-        ``params[name]`` in place and count it in :attr:`stats`.
+        ``params[name]`` in place and count it in :attr:`stats`. ``observe(name, clipped,
+        on_bound, moving)``, when given, sees each clipped step before it is applied (the ratio
+        test of :mod:`trsplat.optim.radius` sums its predicted decrease there).
 
         Every radius is computed from the parameters before any of them moves. The steps are
         consumed one at a time (NaN/inf → 0 in place, then released); a clipped step is applied
@@ -78,7 +84,11 @@ class HellingerTrustRegion:
         for name, st in steps:
             st = torch.nan_to_num_(st, nan=0.0, posinf=0.0, neginf=0.0)
             out, on_bound = self.clip(current, {name: st}, eps)
-            self.stats.add(name, on_bound[name], st != 0)
+            moving = st != 0
+            self.stats.add(name, on_bound[name], moving)
+            if observe is not None:
+                observe(name, out[name], on_bound[name], moving)
+            del moving
             if name in _READ_BY_OTHERS:
                 deferred[name] = out[name]
             else:

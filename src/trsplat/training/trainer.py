@@ -30,10 +30,11 @@ from trsplat.gaussians import Gaussians
 from trsplat.loss import residuals, training_loss
 from trsplat.optim.build import build_optimizer
 from trsplat.optim.curvature import CurvatureEstimator, ResidualFn
+from trsplat.optim.radius import StepLoss
 from trsplat.optim.tr import TrustRegionNewton
 from trsplat.render import render
 from trsplat.render.backends import get_backend, resolve_backend
-from trsplat.strategy import Strategy, StepInfo, build_strategy
+from trsplat.strategy import NoDensification, Strategy, StepInfo, build_strategy
 from trsplat.training.evaluation import active_sh_degree, evaluate
 from trsplat.training.hooks import Hook, ProgressBar
 from trsplat.training.plots import TrainingCurves
@@ -200,6 +201,10 @@ class Trainer:
         if trust_region is not None:  # share of steps clipped since the last eval
             record["on_bound_fraction"] = trust_region.stats.fractions()
             trust_region.stats.reset()
+        radius_control = getattr(self.optimizer, "radius_control", None)
+        if radius_control is not None:  # the adaptive radius: its ratio tests since the last eval
+            record["ratio_test"] = radius_control.window_statistics()
+            radius_control.reset_window()
         self.state.evals = [e for e in self.state.evals if e["iteration"] != iteration] + [record]
         self.write_metrics()
         return record
@@ -229,11 +234,34 @@ class Trainer:
         for scheduler in self.schedulers:
             scheduler.step(iteration)
         if isinstance(self.optimizer, TrustRegionNewton):  # the only optimiser that uses a curvature
-            self.optimizer.step(self._curvature_closure(sh_degree, info.view_ids))
+            step_loss = self._step_loss(sh_degree, info.view_ids, total_loss) if self.optimizer.ratio_test_due() \
+                else None
+            self.optimizer.step(self._curvature_closure(sh_degree, info.view_ids), step_loss)
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return total_loss, float(-10.0 * np.log10(max(total_mse, 1e-12)))
+
+    def _views_loss(self, sh_degree: int, view_ids: list[int]) -> float:
+        """The training loss of ``view_ids`` at the current parameters (mean over the views, as
+        the gradient's), from forward renders without autograd."""
+        total = 0.0
+        with torch.no_grad():
+            for view in view_ids:
+                frame = self.scene.train[view]
+                out = render(self.gaussians.detach(), frame.camera, sh_degree=sh_degree,
+                             background=self.background, backend=self.backend)
+                total += float(training_loss(out.image, frame.image.to(self.device), self.cfg.lambda_dssim)
+                               / len(view_ids))
+        return total
+
+    def _step_loss(self, sh_degree: int, view_ids: list[int], loss_before: float) -> StepLoss:
+        """The adaptive radius's ratio test: the step's loss before (the gradient renders' loss, or
+        a fresh render when a densification strategy may have changed the Gaussians since) and a
+        callable for it after the step (one forward render per view)."""
+        if not isinstance(self.strategy, NoDensification):
+            loss_before = self._views_loss(sh_degree, view_ids)
+        return StepLoss(loss_before, lambda: self._views_loss(sh_degree, view_ids))
 
     def _curvature_closure(self, sh_degree: int, grad_view_ids: list[int]) -> Callable:
         """What 3DGS²-TR calls when its curvature refresh is due: the diagonal estimate on |S₂|
