@@ -3,7 +3,7 @@
 At each evaluation a run folder gets ``curves.png``: the training loss over iterations and over
 train seconds, the number of Gaussians, test PSNR/SSIM/LPIPS over iterations and over train
 seconds and, for the trust-region optimisers, the share of proposed steps clipped to the bound per
-parameter. The evaluations come from ``metrics.json``; the per-step series (loss, train PSNR,
+parameter (with ``--tr-radius adaptive`` also the radius factor κ and the ratio-test statistics). The evaluations come from ``metrics.json``; the per-step series (loss, train PSNR,
 train seconds, Gaussian count) from ``curves.json``, which the hook keeps in memory and writes
 with every checkpoint, so a resumed run's curves start at iteration 1.
 
@@ -239,7 +239,22 @@ def _panels(runs: list[RunCurves]) -> list[tuple[str, str, str]]:
             panels += [(metric, "iteration", title), (metric, "train_seconds", title)]
     if any(_on_bound(r) for r in runs):
         panels.append(("on_bound", "iteration", "steps clipped to the trust region"))
+    if any(_ratio_test(r, "scale")[0] for r in runs):  # the adaptive radius (--tr-radius adaptive)
+        panels += [("radius_scale", "iteration", "radius factor κ on ε"),
+                   ("ratio_test", "iteration", "trust-region ratio test")]
     return panels
+
+
+RATIO_TEST_SERIES = (("rho_mean", "mean ρ"), ("accept_fraction", "ρ > 0"), ("shrink_fraction", "shrunk"),
+                     ("grow_fraction", "grown"))
+"""The ``ratio_test`` keys of an eval record drawn in the ratio-test panel, with their labels."""
+
+
+def _ratio_test(run: RunCurves, key: str) -> tuple[list[float], list[float]]:
+    """(eval iterations, ``ratio_test[key]``) where the eval has that number."""
+    pts = [(e["iteration"], (e.get("ratio_test") or {}).get(key)) for e in run.evals]
+    pts = [(x, y) for x, y in pts if isinstance(y, (int, float)) and math.isfinite(y)]
+    return [p[0] for p in pts], [p[1] for p in pts]
 
 
 def plot_runs(runs: list[RunCurves], path: str | Path, title: str = "") -> None:
@@ -263,7 +278,10 @@ def plot_runs(runs: list[RunCurves], path: str | Path, title: str = "") -> None:
         ax.grid(True, alpha=0.3)
         if kind == "loss" and any(run.steps["loss"] for run in runs):
             ax.set_yscale("log")
-        if ax.has_data() and (kind == "psnr" and xkey == "iteration" or kind == "on_bound"):
+        if kind == "radius_scale" and ax.has_data():
+            ax.set_yscale("log", base=2)
+        if ax.has_data() and (kind == "psnr" and xkey == "iteration" or kind in ("on_bound", "radius_scale",
+                                                                                  "ratio_test")):
             ax.legend(fontsize=7, loc="best")
         if not ax.has_data():
             ax.text(0.5, 0.5, "no data yet", transform=ax.transAxes, ha="center", va="center", color="grey")
@@ -306,6 +324,24 @@ def _draw(ax, run: RunCurves, kind: str, xkey: str, color: str, label: str, sing
                      / sum(1 for xs, _ in series.values() if i in xs) for i in its]
             ax.plot(its, means, color=color, marker="o", markersize=3, linewidth=1.4, label=f"{label} (mean)")
         ax.set_ylim(0, 1)
+    elif kind == "radius_scale":
+        xs, ys = _ratio_test(run, "scale")
+        if xs:
+            ax.plot(xs, ys, color=color, marker="o", markersize=3, linewidth=1.4, label=f"{label}: κ at eval")
+        xs, ys = _ratio_test(run, "scale_mean")
+        if xs and single:
+            ax.plot(xs, ys, color=color, linestyle=":", linewidth=1.0, label=f"{label}: geometric mean")
+    elif kind == "ratio_test":
+        if single:  # one line per statistic
+            for k, (key, name) in enumerate(RATIO_TEST_SERIES):
+                xs, ys = _ratio_test(run, key)
+                if xs:
+                    ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, label=name,
+                            color=OTHER_COLORS[k % len(OTHER_COLORS)])
+        else:  # one line per run: the mean ρ
+            xs, ys = _ratio_test(run, "rho_mean")
+            if xs:
+                ax.plot(xs, ys, color=color, marker="o", markersize=3, linewidth=1.4, label=f"{label} (mean ρ)")
     else:
         xs, ys = _eval_series(run, xkey, kind)
         if xs:
