@@ -396,6 +396,21 @@ def _densify_variants() -> dict[str, dict[str, Any]]:
     return variants
 
 
+def _adaptive_variants() -> dict[str, dict[str, Any]]:
+    """Issue #24: adam, tr as published, the best fixed setting so far (the printed bounds without
+    curvature) and the adaptive radius (``tr_radius=adaptive``, docs/optimizer.md) on the published
+    trust region with each curvature estimator; ``tr-none-paper-adaptive`` is the no-curvature
+    control that ``curvature_gain`` pairs the other two with."""
+    return {
+        "adam": _variant_entry("adam"),
+        "tr-hutchinson-paper": _variant_entry("tr", "hutchinson", "paper"),
+        "tr-none-paper-printed-bounds": _variant_entry("tr", "none", "paper", tr_bounds="paper",
+                                                       tr_split_budget=False),
+        **{f"tr-{c}-paper-adaptive": _variant_entry("tr", c, "paper", tr_radius="adaptive")
+           for c in ("hutchinson", "gnb", "none")},
+    }
+
+
 def _paper_scenes() -> dict[str, dict[str, Any]]:
     return {
         # NeRF-synthetic chair: random init (100k, the 3DGS count), 200x200, 25 evenly spaced test views
@@ -440,6 +455,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "scenes": {name: {**scene, "options": {**scene["options"], "cap_max": cap}}
                    for (name, scene), cap in zip(_paper_scenes().items(), (300_000, 100_000, 30_000))},
         "variants": _densify_variants(),
+    },
+    "adaptive": {
+        "description": "issue #24: adam, tr as published, tr-none-paper-printed-bounds and the adaptive radius with "
+                       "hutchinson, gnb and none (its no-curvature control), on chair, bird and the synthetic "
+                       "scene, 3 seeds, 7000 iterations, eval every 10 %",
+        **_PAPER_PROTOCOL, "iters": 7000, "table_fractions": [0.4, 0.5, 1.0],
+        "variants": _adaptive_variants(),
     },
     "quick": {
         "description": "small: the synthetic scene at 64 px, 4 variants, 2 seeds, 200 iterations, no LPIPS "
