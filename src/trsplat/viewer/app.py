@@ -224,6 +224,13 @@ class SceneViewer:
             gaussians = self.gaussians
         if gaussians is None:
             return
+        if self.renderer.value != "browser":  # no splats in the page at all: it only shows images
+            if self.splats is not None:
+                self.splats.remove()
+                self.splats = None
+            self.drawn = 0
+            self.set_status(self.status_text(len(gaussians)))
+            return
         share = self.splat_share.value / 100.0
         limit = max(1, int(len(gaussians) * share)) if share < 1 else None
         if self.max_splats is not None:
@@ -231,13 +238,15 @@ class SceneViewer:
         arrays: SplatArrays = splat_arrays(gaussians, limit)
         self.splats = self.server.scene.add_gaussian_splats(
             "/gaussians", centers=arrays.centers, covariances=arrays.covariances, rgbs=arrays.rgbs,
-            opacities=arrays.opacities, scale=arrays.unit, visible=self.renderer.value == "browser")
+            opacities=arrays.opacities, scale=arrays.unit)
         self.drawn = len(arrays)
         self.set_status(self.status_text(arrays.total))
 
     def status_text(self, total: int) -> str:
         caption = f"{self.caption}  \n" if self.caption else ""
-        return f"{caption}{total:,} Gaussians, {self.drawn:,} drawn by the browser (opacity ≥ 1/255)"
+        drawn = (f"{self.drawn:,} drawn by the browser (opacity ≥ 1/255)" if self.renderer.value == "browser"
+                 else "drawn by trsplat")
+        return f"{caption}{total:,} Gaussians, {drawn}"
 
     def look_at_gaussians(self, gaussians: Gaussians) -> None:
         """Start new pages looking at the bulk of ``gaussians`` (for a PLY, which has no cameras)."""
@@ -282,6 +291,12 @@ class SceneViewer:
                 handle.on_click(lambda event, s=split, k=i: self.go_to(event.client, s, k))
                 handles.append(handle)
             self.frustums[split] = handles
+
+    def no_cameras(self, reason: str) -> None:
+        """Say on the page why there are no cameras, instead of controls that would do nothing."""
+        for control in (self.show_train, self.show_test, self.previous_test, self.next_test):
+            control.visible = False
+        self.camera_text.content = reason
 
     def _show_frustums(self, split: str, visible: bool) -> None:
         for k, handle in enumerate(self.frustums[split]):
@@ -342,8 +357,7 @@ class SceneViewer:
 
     # -- trsplat's renderer -----------------------------------------------------------------------
     def _apply_renderer(self) -> None:
-        if self.splats is not None:
-            self.splats.visible = self.renderer.value == "browser"
+        self._send_splats()
         for client in self.server.get_clients().values():
             self._apply_renderer_to(client)
 
@@ -374,7 +388,8 @@ class SceneViewer:
         width, height = scaled_size(cam.image_width, cam.image_height, int(self.resolution.value))
         camera = camera_from_pose(cam.wxyz, cam.position, cam.fov, width, height)
         image = render(gaussians, camera, sh_degree=sh_degree, background=self.background, backend=self.backend).image
-        client.scene.set_background_image(_uint8(image), format="jpeg", jpeg_quality=90)
+        if self.renderer.value == "trsplat":  # not switched back to the browser's splats meanwhile
+            client.scene.set_background_image(_uint8(image), format="jpeg", jpeg_quality=90)
 
     # -- lifetime ---------------------------------------------------------------------------------
     def close(self) -> None:

@@ -17,6 +17,7 @@ def _add_cameras(viewer: SceneViewer, view: ViewScene) -> None:
         load_cameras(view)
     except TrsplatError as exc:
         warn(str(exc))
+        viewer.no_cameras(f"No cameras: {exc}")
         return
     viewer.set_cameras(view.train, view.test)
 
@@ -35,6 +36,8 @@ def view(target: str | Path, *, host: str = "127.0.0.1", port: int = 8080, rende
         viewer.set_gaussians(scene.gaussians, scene.sh_degree, caption)
         if scene.config is not None:
             threading.Thread(target=_add_cameras, args=(viewer, scene), daemon=True, name="trsplat-cameras").start()
+        else:
+            viewer.no_cameras("No cameras: a PLY file holds only the Gaussians.")
         print(f"trsplat: viewer at {viewer.url} (Ctrl-C to stop)", flush=True)
         while True:
             time.sleep(3600)

@@ -40,13 +40,13 @@ def load_gaussians(path: str | Path) -> ViewScene:
     Cameras are loaded separately (:func:`load_cameras`), since decoding images takes a while."""
     path = Path(path)
     if path.is_file():
-        return ViewScene(name=path.stem, gaussians=load_ply(path))
+        return ViewScene(name=path.stem, gaussians=_some(load_ply(path), path))
     if not path.is_dir():
         raise TrsplatError(f"{path}: no such run folder or PLY file")
     run = RunDir(path)
     if not run.has_checkpoint():
         if run.ply_path.is_file():
-            return ViewScene(name=path.name, gaussians=load_ply(run.ply_path))
+            return ViewScene(name=path.name, gaussians=_some(load_ply(run.ply_path), run.ply_path))
         raise TrsplatError(f"{path}: not a trsplat run folder (no {RunDir.CHECKPOINT} or {RunDir.PLY})")
     cfg = run.read_config()
     ckpt = run.load_checkpoint()
@@ -55,8 +55,15 @@ def load_gaussians(path: str | Path) -> ViewScene:
         iteration = int(ckpt["iteration"])
     except (KeyError, TypeError, ValueError) as exc:
         raise TrsplatError(f"{run.checkpoint_path}: bad checkpoint ({exc})") from None
-    return ViewScene(name=path.name, gaussians=gaussians, sh_degree=active_sh_degree(max(iteration, 1), cfg),
-                     iteration=iteration, config=cfg)
+    return ViewScene(name=path.name, gaussians=_some(gaussians, run.checkpoint_path),
+                     sh_degree=active_sh_degree(max(iteration, 1), cfg), iteration=iteration, config=cfg)
+
+
+def _some(gaussians: Gaussians, path: Path) -> Gaussians:
+    """``gaussians``, unless there are none (nothing to show is a mistake, not an empty page)."""
+    if len(gaussians) == 0:
+        raise TrsplatError(f"{path}: holds no Gaussians, nothing to show")
+    return gaussians
 
 
 def scene_background(cfg: TrainConfig) -> str:
