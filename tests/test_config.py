@@ -18,7 +18,12 @@ def test_nested_and_flat_forms_round_trip() -> None:
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg          # nested (config.json of this version)
     assert TrainConfig.from_dict(cfg.flat()) == cfg             # flat (config.json of earlier versions)
     assert set(cfg.to_dict()) == {"out", "iters", "seed", "backend", "lambda_dssim", "sh_degree", "sh_interval",
-                                  "grad_views", "checkpoint_every", *SUBCONFIGS}
+                                  "batch_views", "batch_scaling", "dist_check_every", "dist_timeout",
+                                  "checkpoint_every", *SUBCONFIGS}
+
+
+def test_configs_of_earlier_versions_load_renamed_options() -> None:
+    assert TrainConfig.make(grad_views=2).batch_views == 2  # --grad-views became --batch-views
 
 
 def test_leaf_names_are_unique_across_subconfigs() -> None:

@@ -26,7 +26,8 @@ def config(**over) -> SimpleNamespace:
     """An object with the optimizer fields of TrainConfig and ``trust_region()``."""
     fields = dict(optimizer="adam", lr_means=1.6e-4, lr_means_final=1.6e-6, lr_means_max_steps=30_000,
                   lr_sh_dc=2.5e-3, lr_sh_rest=2.5e-3 / 20, lr_opacity=0.025, lr_scale=5e-3, lr_rotation=1e-3,
-                  adam_eps=1e-15, eps_start=1e-6, eps_end=1e-8, curvature="gnb", curvature_interval=7, n_probes=1,
+                  adam_eps=1e-15, adam_beta1=0.9, adam_beta2=0.999, eps_start=1e-6, eps_end=1e-8, curvature="gnb",
+                  curvature_interval=7, n_probes=1,
                   theta1=0.8, theta2=0.99, guard="abs", guard_floor=1e-10, bias_correction=True,
                   step_norm="median-radius", step_norm_quantile=0.3, tr_radius="fixed", tr_radius_test_every=10)
     return SimpleNamespace(**{**fields, **over}, trust_region=lambda: TR_CONFIG)

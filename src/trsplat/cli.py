@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import types
 import typing
@@ -71,10 +72,31 @@ def _viewer_options(args: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from trsplat.training import close_world, init_world
+
+    world = init_world(getattr(args, "dist_timeout", TrainConfig().dist_timeout),
+                       device="cuda" if _uses_cuda(args) else "cpu")
+    try:
+        return _train(args, world)
+    finally:
+        close_world(world)
+
+
+def _uses_cuda(args: argparse.Namespace) -> bool:
+    """Whether this process renders on CUDA (NCCL then reduces the gradients, else gloo)."""
+    from trsplat.render.backends import get_backend, resolve_backend
+
+    try:
+        return get_backend(resolve_backend(getattr(args, "backend", "auto"))).device().type == "cuda"
+    except TrsplatError:
+        return False  # the option's own check reports it
+
+
+def _train(args: argparse.Namespace, world) -> int:
     from trsplat.training import resume, train
 
-    options = {}
-    if args.viewer:  # checked before the capture is loaded; the viewer starts with the loop
+    options: dict[str, object] = {"world": world}
+    if args.viewer and world.is_writer:  # checked before the capture is loaded; the viewer starts with the loop
         from trsplat.training.trainer import default_hooks
         from trsplat.viewer import LiveViewer, check_port
 
@@ -92,7 +114,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise TrsplatError("train needs DATA and --out DIR (or --resume DIR)")
         metrics = train(config_from_args(args), **options)
     last = metrics["evals"][-1]
-    print(json.dumps({k: last[k] for k in ("iteration", "psnr", "ssim", "lpips", "train_seconds") if k in last}))
+    if world.is_writer:
+        print(json.dumps({k: last[k] for k in ("iteration", "psnr", "ssim", "lpips", "train_seconds") if k in last}))
     return 0
 
 
@@ -294,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def rank_prefix() -> str:
+    """``"[rank R/N] "`` under torchrun (every process reports its own error), else ``""``."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    return f"[rank {os.environ.get('RANK', '?')}/{size}] " if size > 1 else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     tune_process()
     parser = build_parser()
@@ -304,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except TrsplatError as exc:
-        print(f"trsplat: error: {exc}", file=sys.stderr)
+        print(f"trsplat: error: {rank_prefix()}{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C during training: stop at once, keep the last checkpoint
         print("trsplat: interrupted", file=sys.stderr)

@@ -80,6 +80,8 @@ class OptimizerConfig:
     lr_scale: float = opt(5e-3, "learning rate of the log-scales", lo=0, lo_open=True)
     lr_rotation: float = opt(1e-3, "learning rate of the quaternions", lo=0, lo_open=True)
     adam_eps: float = opt(1e-15, "Adam epsilon", lo=0, lo_open=True)
+    adam_beta1: float = opt(0.9, "Adam first-moment decay", lo=0, hi=1, hi_open=True)
+    adam_beta2: float = opt(0.999, "Adam second-moment decay", lo=0, hi=1, hi_open=True)
     # 3DGS²-TR and ADAM-TR (docs/optimizer.md); paper defaults
     eps_start: float = opt(1e-6, "trust-region epsilon at the first iteration (rebuttal: 1e-5)", lo=0, lo_open=True)
     eps_end: float = opt(1e-8, "trust-region epsilon at the last iteration (rebuttal: 1e-7)", lo=0, lo_open=True)
@@ -188,7 +190,14 @@ class TrainConfig:
     lambda_dssim: float = opt(0.2, "weight of the D-SSIM term of the loss", lo=0, hi=1)
     sh_degree: int = opt(3, "maximum SH degree", lo=0, hi=3)
     sh_interval: int = opt(1000, "SH degree +1 every this many iterations (3DGS: 1000)", lo=1)
-    grad_views: int = opt(1, "views per gradient (|S1|, all optimisers)", lo=1)
+    batch_views: int | None = opt(None, "training views per step (|S1|), split across the processes of a "
+                                  "torchrun launch (default: one per process)", lo=1)
+    batch_scaling: bool = opt(True, "with --batch-views B > 1: Adam lr x sqrt(B), eps / sqrt(B), betas^B; "
+                              "trust-region eps x B, EMA factors ^B (docs/training.md)")
+    dist_check_every: int = opt(100, "torchrun: compare every rank's parameters every this many iterations",
+                                lo=1)
+    dist_timeout: float = opt(300.0, "torchrun: seconds a collective waits for the other processes before "
+                              "the run stops", lo=0, lo_open=True)
     checkpoint_every: int = opt(1000, "iterations between checkpoints", lo=1)
     scene: SceneConfig = field(default_factory=SceneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -201,6 +210,7 @@ class TrainConfig:
         """A config from :meth:`to_dict`'s nested form or from a flat ``{leaf: value}`` dict
         (the ``config.json`` of earlier versions, and what the CLI and studies build)."""
         owner = leaf_owners()
+        data = {RENAMED.get(k, k): v for k, v in data.items()}
         nested: dict[str, dict[str, Any]] = {name: {} for name in SUBCONFIGS}
         top: dict[str, Any] = {}
         unknown = []
@@ -277,6 +287,9 @@ class TrainConfig:
             chosen = [i for i in (7000, 15000, 30000) if i <= self.iters] + [max(self.iters // 2, 1)]
         return sorted(set(chosen) | {self.iters})
 
+
+RENAMED = {"grad_views": "batch_views"}
+"""Options of earlier versions under their new names (their ``config.json`` files still load)."""
 
 SUBCONFIGS = {"scene": SceneConfig, "eval": EvalConfig, "optim": OptimizerConfig, "strategy": StrategyConfig}
 

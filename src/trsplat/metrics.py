@@ -121,6 +121,11 @@ def lpips(
     return float(model(x, y).mean())
 
 
+METRIC_KEYS = ("psnr", "ssim")
+LPIPS_KEYS = ("lpips", "lpips_corrected", "lpips_alex")
+"""The keys of :func:`evaluate_images` (the LPIPS ones only with ``lpips=True``)."""
+
+
 @torch.no_grad()
 def evaluate_images(
     img: torch.Tensor,

@@ -37,8 +37,12 @@ TRIM_THRESHOLD_BYTES = 2**31 - 1  # mallopt takes an int
 
 
 def tune_process() -> None:
-    """Apply both settings; call before torch is imported."""
+    """Apply both settings; call before torch is imported. Under ``torchrun`` with several
+    processes on the machine, numba's threads follow ``OMP_NUM_THREADS`` (torchrun sets 1) unless
+    ``NUMBA_NUM_THREADS`` is set, so the processes do not oversubscribe the cores."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1 and "OMP_NUM_THREADS" in os.environ:
+        os.environ.setdefault("NUMBA_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
     tune_malloc()
 
 

@@ -18,11 +18,12 @@ class GaussianAdam(torch.optim.Adam):
     """``torch.optim.Adam`` with one param group per entry of ``lrs`` (in its order): the tensor
     ``params[name]``, its learning rate and the key ``"name"``."""
 
-    def __init__(self, params: dict[str, Tensor], lrs: dict[str, float], eps: float = 1e-15) -> None:
+    def __init__(self, params: dict[str, Tensor], lrs: dict[str, float], eps: float = 1e-15,
+                 betas: tuple[float, float] = (0.9, 0.999)) -> None:
         if set(lrs) != set(params):
             raise ValueError(f"lrs names {sorted(lrs)} differ from params names {sorted(params)}")
         super().__init__([{"params": [params[name]], "lr": lr, "name": name} for name, lr in lrs.items()],
-                         lr=0.0, eps=eps)
+                         lr=0.0, eps=eps, betas=betas)
         self.trust_region: HellingerTrustRegion | None = None
 
 
@@ -30,9 +31,10 @@ class AdamTrustRegion(WithTrustRegion, GaussianAdam):
     """ADAM-TR: the Adam step of :class:`GaussianAdam`, clipped coordinate-wise by the Hellinger
     radii for ε = the groups' ``"tr_eps"`` (initially ``tr_eps``; a scheduler sets it per step)."""
 
-    def __init__(self, params: dict[str, Tensor], lrs: dict[str, float], eps: float = 1e-15, *,
-                 trust_region: HellingerTrustRegion | None = None, tr_eps: float = 1e-6) -> None:
-        super().__init__(params, lrs, eps)
+    def __init__(self, params: dict[str, Tensor], lrs: dict[str, float], eps: float = 1e-15,
+                 betas: tuple[float, float] = (0.9, 0.999), *, trust_region: HellingerTrustRegion | None = None,
+                 tr_eps: float = 1e-6) -> None:
+        super().__init__(params, lrs, eps, betas)
         self.trust_region = HellingerTrustRegion() if trust_region is None else trust_region
         for group in self.param_groups:
             group["tr_eps"] = tr_eps

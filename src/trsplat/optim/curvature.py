@@ -36,6 +36,17 @@ def rademacher_like(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     return (bits.to(t.dtype) * 2 - 1).to(t.device)
 
 
+Share = tuple[int, int]
+"""``(rank, size)``: the views ``j`` with ``j % size == rank`` are this process's (data-parallel
+training, docs/distributed.md). Every rank draws the probes of every view, so the random numbers
+and the sum over the ranks equal those of one process; each rank returns its views' part of the
+mean (the sum over ranks is the estimate)."""
+
+
+def _owned(j: int, share: Share) -> bool:
+    return j % share[1] == share[0]
+
+
 def _leaves(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().requires_grad_(True) for k, v in params.items()}
 
@@ -59,26 +70,34 @@ def gauss_newton_product(params: dict[str, torch.Tensor], frame, residual_fn: Re
 
 
 def hutchinson(params: dict[str, torch.Tensor], frames: Sequence, residual_fn: ResidualFn,
-               generator: torch.Generator, n_probes: int = 1) -> dict[str, torch.Tensor]:
+               generator: torch.Generator, n_probes: int = 1, share: Share = (0, 1)) -> dict[str, torch.Tensor]:
     """Mean over views and ν probes of z ⊙ JᵀJz (Rademacher z over every raw parameter)."""
     total: dict[str, torch.Tensor] = {}
-    for frame in frames:
+    for j, frame in enumerate(frames):
         for _ in range(n_probes):
             z = {k: rademacher_like(v, generator) for k, v in params.items()}
+            if not _owned(j, share):
+                continue
             jtjz = gauss_newton_product(params, frame, residual_fn, z)
             for k in params:  # in place: the peak memory is z, JᵀJz and the sum so far
                 sample = jtjz.pop(k).mul_(z.pop(k))
                 total[k] = total[k].add_(sample) if k in total else sample
     count = len(frames) * n_probes
-    return {k: v.div_(count) for k, v in total.items()}
+    return {k: total[k].div_(count) if k in total else torch.zeros_like(v) for k, v in params.items()}
 
 
 def gauss_newton_bartlett(params: dict[str, torch.Tensor], frames: Sequence, residual_fn: ResidualFn,
-                          generator: torch.Generator, n_probes: int = 1) -> dict[str, torch.Tensor]:
-    """Mean over views and ν probes of (Jᵀu)² (Rademacher u over the residuals): never negative."""
+                          generator: torch.Generator, n_probes: int = 1,
+                          share: Share = (0, 1)) -> dict[str, torch.Tensor]:
+    """Mean over views and ν probes of (Jᵀu)² (Rademacher u over the residuals): never negative.
+    With a ``share``, the u of other ranks' views are drawn (``residual_fn.numel(frame)`` long)
+    and dropped."""
     total = {k: torch.zeros_like(v) for k, v in params.items()}
-    for frame in frames:
+    for j, frame in enumerate(frames):
         for _ in range(n_probes):
+            if not _owned(j, share):
+                rademacher_like(torch.empty(residual_fn.numel(frame)), generator)
+                continue
             leaves = _leaves(params)
             r = residual_fn(leaves, frame)
             u = rademacher_like(r, generator)
@@ -100,8 +119,8 @@ class CurvatureEstimator:
             raise ValueError(f"unknown curvature estimator {self.kind!r}; choose {', '.join(CURVATURES)}")
 
     def estimate(self, params: dict[str, torch.Tensor], frames: Sequence, residual_fn: ResidualFn,
-                 generator: torch.Generator) -> dict[str, torch.Tensor]:
+                 generator: torch.Generator, share: Share = (0, 1)) -> dict[str, torch.Tensor]:
         if self.kind == "none":
             return {k: torch.zeros_like(v) for k, v in params.items()}
         fn = hutchinson if self.kind == "hutchinson" else gauss_newton_bartlett
-        return fn(params, frames, residual_fn, generator, self.n_probes)
+        return fn(params, frames, residual_fn, generator, self.n_probes, share)

@@ -91,15 +91,22 @@ class AdaptiveDensityControl(Strategy):
             self.grad_accum = torch.zeros(len(gaussians), device=device)
             self.count = torch.zeros_like(self.grad_accum)
         self.grad_accum, self.count = self.grad_accum.to(device), self.count.to(device)
+        # data-parallel: this process's renders into zeros, summed over the processes, then added
+        grad_accum, count = ((self.grad_accum, self.count) if info.reduce is None
+                             else (torch.zeros_like(self.grad_accum), torch.zeros_like(self.count)))
         for out in info.renders:
             grad = out.means2d.grad
             if grad is None:
                 continue
             height, width = out.image.shape[:2]
             visible = out.radii > 0
-            norms = ndc_grad_norm(grad * len(info.renders), int(width), int(height))
-            self.grad_accum[visible] += norms[visible]
-            self.count[visible] += 1
+            norms = ndc_grad_norm(grad * len(info.view_ids), int(width), int(height))
+            grad_accum[visible] += norms[visible]
+            count[visible] += 1
+        if info.reduce is not None:
+            info.reduce({"grad_accum": grad_accum, "count": count})
+            self.grad_accum += grad_accum
+            self.count += count
 
     # -- the step -----------------------------------------------------------------------------
     def step_post_backward(self, gaussians: Gaussians, optimizer: torch.optim.Optimizer, info: StepInfo) -> None:

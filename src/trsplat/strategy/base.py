@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -19,12 +19,17 @@ class StepInfo:
         view_ids: indices of the training views rendered for the gradient.
         renders: one :class:`~trsplat.render.RenderOutput` per view (radii, visibility, ...).
         extras: free-form values a strategy or hook wants to pass along.
+        reduce: in data-parallel training, sums tensors over the processes in place (each
+            process renders only its share of ``view_ids``: ``renders`` are this process's);
+            None in one process. A strategy reduces its statistics with it so that every
+            process takes the same decisions.
     """
 
     iteration: int
     view_ids: list[int]
     renders: list[Any] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+    reduce: Callable[[dict[str, torch.Tensor]], None] | None = None
 
 
 class Strategy:

@@ -1,9 +1,10 @@
 """Training: the loop and its hook points, evaluation, and the run folder."""
 
+from trsplat.training.distributed import SINGLE, World, close_world, init_world
 from trsplat.training.evaluation import active_sh_degree, evaluate, save_render_pair
 from trsplat.training.hooks import Hook, ProgressBar
 from trsplat.training.rundir import RunDir
 from trsplat.training.trainer import Trainer, make_residual_fn, prepare, resume, train
 
-__all__ = ["Hook", "ProgressBar", "RunDir", "Trainer", "active_sh_degree", "evaluate", "make_residual_fn",
-           "prepare", "resume", "save_render_pair", "train"]
+__all__ = ["Hook", "ProgressBar", "RunDir", "SINGLE", "Trainer", "World", "active_sh_degree", "close_world",
+           "evaluate", "init_world", "make_residual_fn", "prepare", "resume", "save_render_pair", "train"]

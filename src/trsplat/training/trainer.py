@@ -3,7 +3,7 @@
 One step (``Trainer.train_step``)::
 
     render the step's views -> loss -> backward          (strategy.step_pre_backward before it)
-    -> grad_sync(grads)                                   (data-parallel all-reduce; identity alone)
+    -> world.all_reduce_sum(grads)                        (data-parallel: sum over processes)
     -> strategy.step_post_backward(...)                   (densification; none by default)
     -> schedulers.step(iteration); optimizer.step(closure) (closure: the curvature estimate when due)
     -> hooks.on_step / on_eval                            (progress, logging, viewer)
@@ -13,10 +13,11 @@ The run folder is a :class:`~trsplat.training.rundir.RunDir`.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -35,6 +36,8 @@ from trsplat.optim.tr import TrustRegionNewton
 from trsplat.render import render
 from trsplat.render.backends import get_backend, resolve_backend
 from trsplat.strategy import NoDensification, Strategy, StepInfo, build_strategy
+from trsplat.training.batching import batch_rules, batch_size
+from trsplat.training.distributed import SINGLE, LostRank, World
 from trsplat.training.evaluation import active_sh_degree, evaluate
 from trsplat.training.hooks import Hook, ProgressBar
 from trsplat.training.plots import TrainingCurves
@@ -44,10 +47,6 @@ FINITE_CHECK_EVERY = 100
 """Iterations between checks that every parameter is finite (also before every save)."""
 COLLAPSE_DB = 10.0
 """An eval this far below the run's best test PSNR stops the run as collapsed."""
-
-GradSync = Callable[[dict[str, torch.Tensor]], None]
-"""Reduces per-parameter tensors in place across processes (gradients, then curvature estimates)."""
-
 
 class ViewSampler:
     """3DGS's camera order: pop from a shuffled stack of the training views, reshuffle when empty."""
@@ -90,6 +89,13 @@ def make_residual_fn(*, sh_degree: int, background: torch.Tensor, backend: str, 
         return residuals(out.image, frame.image.to(out.image.device), form=form,
                          lambda_dssim=lambda_dssim, delta=delta)
 
+    def numel(frame) -> int:
+        """The length of ``fn(params, frame)`` without rendering (the estimators' probes of views
+        another process renders)."""
+        gt = frame.image
+        return residuals(torch.zeros_like(gt), gt, form=form, lambda_dssim=lambda_dssim, delta=delta).numel()
+
+    fn.numel = numel
     return fn
 
 
@@ -106,13 +112,22 @@ class Trainer:
     """Trains ``gaussians`` on ``scene`` according to ``cfg``, writing into ``cfg.out``.
 
     ``strategy`` (default: from ``cfg.strategy``) may change the set of Gaussians; ``hooks``
-    observe (default: a progress bar); ``grad_sync`` reduces gradients and curvature estimates
-    across processes before the optimiser uses them.
+    observe (default: a progress bar); ``world`` is this process's place in data-parallel
+    training (default: alone). With several processes each renders its share of every step's
+    views, the sums of gradients and curvature estimates are taken over all of them, and only
+    rank 0 writes the run folder and runs the hooks.
     """
 
     def __init__(self, cfg: TrainConfig, scene, gaussians: Gaussians, *, strategy: Strategy | None = None,
-                 hooks: Iterable[Hook] | None = None, grad_sync: GradSync | None = None) -> None:
+                 hooks: Iterable[Hook] | None = None, world: World = SINGLE) -> None:
+        if cfg.batch_views is None:  # one view per process
+            cfg = replace(cfg, batch_views=batch_size(cfg, world.size))
         self.cfg = cfg
+        self.rules = batch_rules(cfg)  # what the optimiser and schedules follow (docs/training.md)
+        self.world = world
+        self._stop: _StopRequest | None = None  # the signal handler while the loop runs
+        self.stop_agreed = False  # whether some process asked to stop at the last step
+        self._changed_state = False  # whether the current step changed parameters or optimiser state
         self.scene = scene
         self.run_dir = RunDir(cfg.out)
         self.backend = resolve_backend(cfg.backend)
@@ -121,14 +136,22 @@ class Trainer:
         self.gaussians = gaussians.to(self.device).requires_grad_(True)
         self.background = torch.tensor(scene.background, dtype=torch.float32, device=self.device)
         self.sampler = ViewSampler(len(scene.train), cfg.seed)
-        self.optimizer, self.schedulers = build_optimizer(cfg.optim, self.gaussians.params(), extent=scene.extent,
-                                                          iters=cfg.iters, seed=cfg.seed)
+        self.optimizer, self.schedulers = self._build_optimizer()
         self.estimator = CurvatureEstimator(cfg.optim.curvature, cfg.optim.n_probes)
-        self.strategy = strategy if strategy is not None else build_strategy(cfg.strategy.densify)
-        self.hooks = list(hooks) if hooks is not None else [ProgressBar()]
-        self.grad_sync = grad_sync
+        self.strategy = strategy if strategy is not None else build_strategy(
+            cfg.strategy, self.rules.optim, iters=cfg.iters, extent=scene.extent, background=scene.background,
+            seed=cfg.seed)
+        self.hooks = (list(hooks) if hooks is not None else [ProgressBar()]) if world.is_writer else []
         self.state = RunState()
         self.last_checkpoint: int | None = None
+
+    def _build_optimizer(self):
+        return build_optimizer(self.rules.optim, self.gaussians.params(), extent=self.scene.extent,
+                               iters=self.cfg.iters, seed=self.cfg.seed)
+
+    def sh_degree(self, iteration: int) -> int:
+        """The SH degree rendered at ``iteration`` (the 3DGS ramp, in steps of this batch size)."""
+        return active_sh_degree(iteration, self.rules)
 
     # -- checkpoints ------------------------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
@@ -156,9 +179,7 @@ class Trainer:
         except (KeyError, ValueError) as exc:
             raise TrsplatError(f"{path}: bad parameters ({exc})") from None
         self.gaussians = saved.requires_grad_(True)
-        self.optimizer, self.schedulers = build_optimizer(self.cfg.optim, self.gaussians.params(),
-                                                          extent=self.scene.extent, iters=self.cfg.iters,
-                                                          seed=self.cfg.seed)
+        self.optimizer, self.schedulers = self._build_optimizer()
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.strategy.load_state_dict(ckpt.get("strategy", {}))
         self.sampler.load_state_dict(ckpt["sampler"])
@@ -170,6 +191,8 @@ class Trainer:
     def write_metrics(self, finished: bool = False) -> None:
         """``finished`` is set once the final PLY is written: a copy of ``metrics.json`` and
         ``config.json`` alone (the committed study results) then still says the run completed."""
+        if not self.world.is_writer:
+            return
         self.run_dir.write_metrics({
             "scene": self.scene.name,
             "config": self.cfg.to_dict(),
@@ -187,9 +210,9 @@ class Trainer:
 
     def run_eval(self, iteration: int) -> dict[str, Any]:
         metrics = evaluate(
-            self.gaussians.detach(), self.scene.test, sh_degree=active_sh_degree(iteration, self.cfg),
+            self.gaussians.detach(), self.scene.test, sh_degree=self.sh_degree(iteration),
             background=self.background, backend=self.backend, lpips=self.cfg.eval.lpips,
-            save_dir=self.run_dir.renders_dir(iteration), n_saved=self.cfg.eval.n_saved_renders,
+            save_dir=self.run_dir.renders_dir(iteration), n_saved=self.cfg.eval.n_saved_renders, world=self.world,
         )
         record = {"iteration": iteration, **metrics, "n_alive": self.gaussians.count_alive(),
                   "train_seconds": self.state.train_seconds,
@@ -211,11 +234,16 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------------
     def train_step(self, iteration: int) -> tuple[float, float]:
-        """One optimisation step on ``grad_views`` views; returns (loss, train-image PSNR)."""
-        sh_degree = active_sh_degree(iteration, self.cfg)
-        info = StepInfo(iteration, [self.sampler.next() for _ in range(self.cfg.grad_views)])
+        """One optimisation step on ``batch_views`` views; returns (loss, train-image PSNR).
+        Sets :attr:`stop_agreed` when a process was asked to stop (Ctrl-C, SIGTERM), so that
+        all processes stop after the same step."""
+        stop_requested = self._stop is not None and self._stop.requested
+        sh_degree = self.sh_degree(iteration)
+        world = self.world
+        info = StepInfo(iteration, [self.sampler.next() for _ in range(self.cfg.batch_views)],
+                        reduce=world.all_reduce_sum if world.distributed else None)
         total_loss, total_mse = 0.0, 0.0
-        for view in info.view_ids:
+        for view in world.share(info.view_ids):
             frame = self.scene.train[view]
             out = render(self.gaussians, frame.camera, sh_degree=sh_degree, background=self.background,
                          backend=self.backend)
@@ -228,8 +256,10 @@ class Trainer:
             total_loss += float(loss.detach())
             with torch.no_grad():
                 total_mse += float(torch.mean((out.image.detach().clamp(0, 1) - gt) ** 2)) / len(info.view_ids)
-        if self.grad_sync is not None:
-            self.grad_sync({k: p.grad for k, p in self.gaussians.params().items() if p.grad is not None})
+        self.stop_agreed = stop_requested
+        if world.distributed:
+            total_loss, total_mse = self._sum_over_processes(total_loss, total_mse, stop_requested)
+        self._changed_state = True  # from here on a lost process leaves this step half done
         self.strategy.step_post_backward(self.gaussians, self.optimizer, info)
         for scheduler in self.schedulers:
             scheduler.step(iteration)
@@ -242,18 +272,35 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return total_loss, float(-10.0 * np.log10(max(total_mse, 1e-12)))
 
+    def _sum_over_processes(self, loss: float, mse: float, stop_requested: bool) -> tuple[float, float]:
+        """Data-parallel: the step's loss, MSE and stop requests summed over the processes (one
+        small collective), then the gradients (one collective; a parameter without a gradient on
+        every process keeps none, as in one process)."""
+        params = self.gaussians.params()
+        has_grad = [float(p.grad is not None) for p in params.values()]
+        loss, mse, stops, *has_grad = self.world.sum_floats([loss, mse, float(stop_requested), *has_grad])
+        self.stop_agreed = stops > 0
+        grads = {}
+        for (name, p), anywhere in zip(params.items(), has_grad):
+            if anywhere > 0:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                grads[name] = p.grad
+        self.world.all_reduce_sum(grads)
+        return loss, mse
+
     def _views_loss(self, sh_degree: int, view_ids: list[int]) -> float:
         """The training loss of ``view_ids`` at the current parameters (mean over the views, as
-        the gradient's), from forward renders without autograd."""
+        the gradient's), from forward renders without autograd (each process renders its share)."""
         total = 0.0
         with torch.no_grad():
-            for view in view_ids:
+            for view in self.world.share(view_ids):
                 frame = self.scene.train[view]
                 out = render(self.gaussians.detach(), frame.camera, sh_degree=sh_degree,
                              background=self.background, backend=self.backend)
                 total += float(training_loss(out.image, frame.image.to(self.device), self.cfg.lambda_dssim)
                                / len(view_ids))
-        return total
+        return self.world.sum_floats([total])[0] if self.world.distributed else total
 
     def _step_loss(self, sh_degree: int, view_ids: list[int], loss_before: float) -> StepLoss:
         """The adaptive radius's ratio test: the step's loss before (the gradient renders' loss, or
@@ -265,50 +312,54 @@ class Trainer:
 
     def _curvature_closure(self, sh_degree: int, grad_view_ids: list[int]) -> Callable:
         """What 3DGS²-TR calls when its curvature refresh is due: the diagonal estimate on |S₂|
-        training views drawn uniformly, excluding the gradient views when possible."""
+        training views per batch view, drawn uniformly, excluding the gradient views when
+        possible (data-parallel: each process estimates its share, the sum is taken over all)."""
 
         def closure(generator: torch.Generator) -> dict[str, torch.Tensor]:
             o = self.cfg.optim
             n = len(self.scene.train)
             pool = [i for i in range(n) if i not in grad_view_ids] or list(range(n))
-            picks = torch.randint(0, len(pool), (o.curvature_views,), generator=generator)
+            picks = torch.randint(0, len(pool), (o.curvature_views * self.cfg.batch_views,), generator=generator)
             views = [self.scene.train[pool[int(i)]] for i in picks]
             residual_fn = make_residual_fn(sh_degree=sh_degree, background=self.background, backend=self.backend,
                                            form=o.residual_form, lambda_dssim=self.cfg.lambda_dssim,
                                            delta=o.residual_delta)
             diag = self.estimator.estimate({k: v.detach() for k, v in self.gaussians.params().items()}, views,
-                                           residual_fn, generator)
-            if self.grad_sync is not None:
-                self.grad_sync(diag)
+                                           residual_fn, generator, share=(self.world.rank, self.world.size))
+            self.world.all_reduce_sum(diag)
             return diag
 
         return closure
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Train to ``cfg.iters``, holding the run folder's lock; returns ``metrics.json``."""
-        with self.run_dir.locked():
+        """Train to ``cfg.iters``, rank 0 holding the run folder's lock; returns ``metrics.json``."""
+        with contextlib.ExitStack() as stack:
+            self.world.from_writer(lambda: stack.enter_context(self.run_dir.locked()))
             return self._run()
 
     def _run(self) -> dict[str, Any]:
         cfg = self.cfg
-        self.run_dir.write_config(cfg)
+        if self.world.is_writer:
+            self.run_dir.write_config(cfg)
         eval_at = cfg.eval_iterations()
-        stop = _StopRequest()
+        stop = self._stop = _StopRequest()
         for hook in self.hooks:
             hook.on_start(self)
         try:
             while self.state.iteration < cfg.iters:
                 iteration = self.state.iteration + 1
                 start = time.perf_counter()
-                loss, psnr = self.train_step(iteration)
+                loss, psnr = self._step_or_rewind(iteration)
                 self.state.train_seconds += time.perf_counter() - start
                 self.state.iteration = iteration
                 if not np.isfinite(loss):
                     self._diverged(f"the loss is {loss}")
-                saving = iteration in eval_at or iteration % cfg.checkpoint_every == 0 or stop.requested
+                saving = iteration in eval_at or iteration % cfg.checkpoint_every == 0 or self.stop_agreed
                 if saving or iteration % FINITE_CHECK_EVERY == 0:
                     self._check_finite()
+                if iteration % cfg.dist_check_every == 0 or saving:
+                    self.world.check_identical(self.gaussians.params(), iteration)
                 for hook in self.hooks:
                     hook.on_step(self, iteration, loss, psnr)
                 if iteration in eval_at:
@@ -318,25 +369,65 @@ class Trainer:
                     self._check_collapse(record)
                 if saving:
                     self.save_checkpoint()
-                if stop.requested and iteration < cfg.iters:
+                if self.stop_agreed and iteration < cfg.iters:
                     raise TrsplatError(f"interrupted at iteration {iteration}; checkpoint saved, "
-                                       f"continue with: trsplat train --resume {self.run_dir.path}")
+                                       f"continue with: {self._resume_command()}")
+        except LostRank as exc:  # (torchrun's SIGTERM to the survivors is still caught while saving)
+            raise self._lost(exc) from None
         finally:
             stop.restore()
+            self._stop = None
             for hook in self.hooks:
                 hook.on_close(self)
         self._check_finite()
-        self.run_dir.save_ply(self.gaussians)
+        if self.world.is_writer:
+            self.run_dir.save_ply(self.gaussians)
         self.save_checkpoint()
         self.write_metrics(finished=True)
-        metrics = self.run_dir.read_metrics()
+        metrics = self.world.from_writer(self.run_dir.read_metrics)
         for hook in self.hooks:
             hook.on_finish(self, metrics)
         return metrics
 
     def save_checkpoint(self) -> None:
-        self.run_dir.save_checkpoint(self.checkpoint())
+        """Rank 0 writes ``checkpoint.pt`` (every rank holds the same state)."""
+        if self.world.is_writer:
+            self.run_dir.save_checkpoint(self.checkpoint())
         self.last_checkpoint = self.state.iteration
+
+    # -- data-parallel failures ---------------------------------------------------------------
+    def _step_or_rewind(self, iteration: int) -> tuple[float, float]:
+        """:meth:`train_step`; if another process is lost before this step changed any state,
+        rewind the view order and RNG so the state is that of the last finished step."""
+        if not self.world.distributed:
+            return self.train_step(iteration)
+        sampler, rng = self.sampler.state_dict(), torch.get_rng_state()
+        self._changed_state = False
+        try:
+            result = self.train_step(iteration)
+        except LostRank:
+            if not self._changed_state:
+                self.sampler.load_state_dict(sampler)
+                torch.set_rng_state(rng)
+            raise
+        self._changed_state = False
+        return result
+
+    def _lost(self, exc: LostRank) -> TrsplatError:
+        """Another process stopped: rank 0 saves a checkpoint when the state is consistent (between
+        steps, or before the step changed anything); the message names the checkpoint to resume."""
+        if self.world.is_writer and not self._changed_state and self.state.iteration != self.last_checkpoint:
+            self._check_finite()
+            self.save_checkpoint()
+        if self.last_checkpoint is None:
+            return TrsplatError(f"{exc}; the run stopped at iteration {self.state.iteration}, no checkpoint was written")
+        return TrsplatError(f"{exc}; the run stopped at iteration {self.state.iteration}, the checkpoint of iteration "
+                            f"{self.last_checkpoint} is in {self.run_dir.checkpoint_path} (rank 0); continue with: "
+                            f"{self._resume_command()}")
+
+    def _resume_command(self) -> str:
+        launcher = "torchrun --nproc-per-node N -m " if self.world.distributed else ""
+        return f"{launcher}trsplat train --resume {self.run_dir.path}"
 
     # -- divergence -------------------------------------------------------------------------
     def _diverged(self, what: str) -> None:
@@ -384,7 +475,8 @@ BYTES_PER_GAUSSIAN = 59 * 4 * 12
 """Rough peak memory of one Gaussian in training: 59 floats in the parameters, their gradients,
 two optimiser states and the projection and compositing buffers (measured peaks stay below it)."""
 
-RESUME_EXTENDABLE = ("iters", "eval_at", "checkpoint_every", "n_saved_renders", "lpips")
+RESUME_EXTENDABLE = ("iters", "eval_at", "checkpoint_every", "n_saved_renders", "lpips", "dist_check_every",
+                     "dist_timeout")
 """Options ``--resume`` may change: the run continues with the new values."""
 
 
@@ -417,27 +509,45 @@ def default_hooks() -> list[Hook]:
     return [ProgressBar(), TrainingCurves()]
 
 
-def train(cfg: TrainConfig, **trainer_options) -> dict[str, Any]:
+def train(cfg: TrainConfig, *, world: World = SINGLE, **trainer_options) -> dict[str, Any]:
     """Train a new run described by ``cfg``; ``trainer_options`` go to :class:`Trainer`
-    (``hooks`` default to :func:`default_hooks`)."""
+    (``hooks`` default to :func:`default_hooks`). In data-parallel training every process calls
+    this with the same ``cfg`` and its ``world``; rank 0 checks and writes the run folder."""
     trainer_options.setdefault("hooks", default_hooks())
     cfg.validate()
     run_dir = RunDir(cfg.out)
-    if run_dir.has_checkpoint():
-        raise TrsplatError(f"{run_dir.path} already holds a run; use --resume {run_dir.path} to continue it "
-                           f"or choose another --out")
-    run_dir.check_writable()
+
+    def check_run_dir() -> None:
+        if run_dir.has_checkpoint():
+            raise TrsplatError(f"{run_dir.path} already holds a run; use --resume {run_dir.path} to continue it "
+                               f"or choose another --out")
+        run_dir.check_writable()
+
+    world.from_writer(check_run_dir)
     torch.manual_seed(cfg.seed)
     scene, gaussians = prepare(cfg)
-    return Trainer(cfg, scene, gaussians, **trainer_options).run()
+    return Trainer(cfg, scene, gaussians, world=world, **trainer_options).run()
 
 
-def resume(out_dir: str | Path, changes: dict[str, Any] | None = None, **trainer_options) -> dict[str, Any]:
+def resume(out_dir: str | Path, changes: dict[str, Any] | None = None, *, world: World = SINGLE,
+           **trainer_options) -> dict[str, Any]:
     """Continue the run in ``out_dir`` from its checkpoint; reaches the same result as an
     uninterrupted run. ``changes`` (leaf name -> value, only :data:`RESUME_EXTENDABLE`) extend it:
-    more iterations, later evaluations (the schedules then span the new ``iters``)."""
+    more iterations, later evaluations (the schedules then span the new ``iters``). Any number of
+    processes may resume a run (its ``--batch-views`` stays); rank 0 reads the run folder and
+    sends the checkpoint to the others."""
     trainer_options.setdefault("hooks", default_hooks())
     run_dir = RunDir(out_dir)
+    cfg, ckpt = world.from_writer(lambda: _read_run(run_dir, changes))
+    cfg.out = str(run_dir.path)
+    scene, gaussians = prepare(cfg)
+    trainer = Trainer(cfg, scene, gaussians, world=world, **trainer_options)
+    trainer.load_checkpoint(ckpt)
+    return trainer.run()
+
+
+def _read_run(run_dir: RunDir, changes: dict[str, Any] | None) -> tuple[TrainConfig, dict[str, Any]]:
+    """The config (with ``changes``, checked) and checkpoint of the run to resume."""
     if not run_dir.has_checkpoint():
         raise TrsplatError(f"{run_dir.path}: no {RunDir.CHECKPOINT} to resume from")
     cfg = run_dir.read_config()
@@ -456,8 +566,4 @@ def resume(out_dir: str | Path, changes: dict[str, Any] | None = None, **trainer
         early = [i for i in cfg.eval.eval_at or [] if i <= done]
         if "eval_at" in changes and early:
             raise TrsplatError(f"--eval-at {early}: the run is already at iteration {done}")
-    cfg.out = str(run_dir.path)
-    scene, gaussians = prepare(cfg)
-    trainer = Trainer(cfg, scene, gaussians, **trainer_options)
-    trainer.load_checkpoint(ckpt)
-    return trainer.run()
+    return cfg, ckpt

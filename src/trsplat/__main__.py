@@ -1,0 +1,7 @@
+"""``python -m trsplat``: the ``trsplat`` command (what ``torchrun -m trsplat train ...`` runs)."""
+
+import sys
+
+from trsplat.cli import main
+
+sys.exit(main())
