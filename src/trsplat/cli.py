@@ -308,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     study_cli.add_arguments(p)
     p.set_defaults(func=study_cli.main)
+    p = bench.add_parser("distributed", help="data-parallel training: views per second against processes, "
+                         "and quality against wall time for several views per step")
+    from trsplat.bench import distributed
+
+    distributed.add_arguments(p)
+    p.set_defaults(func=distributed.main)
     p = bench.add_parser("curvature", help="a tr run's curvature against a many-view Gauss-Newton "
                          "diagonal, and how many Newton steps the trust region clips")
     from trsplat.bench import curvature
