@@ -84,6 +84,19 @@ def test_two_processes_equal_one_process_with_two_views_per_step(scene, tmp_path
     assert json.loads(out.strip().splitlines()[-1])["iteration"] == ITERS  # rank 0 alone prints the result
 
 
+@pytest.mark.parametrize("densify", ["adc", "mcmc"])
+def test_densification_decisions_are_the_same_on_every_rank(scene, tmp_path, densify) -> None:
+    # refine every 2 steps from step 2, with a low threshold so that ADC clones and splits
+    options = _options(scene, tmp_path / "two", "adam", densify=densify, densify_start=1, densify_every=2,
+                       densify_steps_scale=1.0, densify_grad_threshold=1e-7, cap_max=600)
+    proc = _torchrun(_argv(dict(options)))
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    _run_one_process(options | {"out": str(tmp_path / "one")})
+    _assert_same_params(tmp_path / "one", tmp_path / "two")
+    assert len(_params(tmp_path / "two")["means"]) > 400  # the strategy did add Gaussians
+
+
 def test_resume_from_two_processes_into_one(scene, tmp_path) -> None:
     # adam: its schedules do not depend on --iters, which the resume extends
     proc = _torchrun(_argv(_options(scene, tmp_path / "split", "adam", iters=4)))
