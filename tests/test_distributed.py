@@ -186,3 +186,34 @@ def test_batch_rules() -> None:
     assert batch_rules(TrainConfig.make(batch_views=1)) == TrainConfig.make(batch_views=1)
     unscaled = TrainConfig.make(batch_views=4, batch_scaling=False)
     assert batch_rules(unscaled) == unscaled
+
+
+def _check_identical_worker(rank: int, init_file: str, results: str) -> None:
+    from trsplat.errors import TrsplatError
+    from trsplat.training.distributed import World
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    world = World(rank=rank, size=2)
+    params = {"means": torch.arange(6.0).reshape(2, 3), "opacity_logits": torch.zeros(2)}
+    world.check_identical(params, 1)  # the same everywhere: passes
+    total = {"g": torch.full((3,), float(rank + 1))}
+    world.all_reduce_sum(total)
+    if rank == 1:
+        params["means"][1, 2] = torch.nextafter(params["means"][1, 2], torch.tensor(10.0))  # one ulp
+    try:
+        world.check_identical(params, 7)
+        outcome = "passed"
+    except TrsplatError as exc:
+        outcome = str(exc)
+    Path(results, f"{rank}.json").write_text(json.dumps({"sum": total["g"].tolist(), "outcome": outcome}))
+    dist.destroy_process_group()
+
+
+def test_parameter_check_catches_one_ulp_of_difference(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_check_identical_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert result["sum"] == [3.0, 3.0, 3.0]
+        assert "iteration 7: the parameters of rank(s) [1] differ from rank 0's" in result["outcome"]
