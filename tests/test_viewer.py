@@ -4,7 +4,7 @@ driven by selenium); the screenshots must show the splats, and looking through a
 show what trsplat renders from that camera. Also: the conversions behind the page, and the
 one-line errors (port in use, missing run folder, a PLY that is not a 3DGS PLY).
 
-``TRSPLAT_VIEWER_SCREENSHOTS=DIR`` keeps the screenshots in DIR (docs/images/ holds two of them).
+``TRSPLAT_VIEWER_SCREENSHOTS=DIR`` keeps the screenshots in DIR (docs/images/viewer_page.png is one).
 """
 
 from __future__ import annotations
