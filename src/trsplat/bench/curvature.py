@@ -41,7 +41,7 @@ from trsplat.io_utils import atomic_write, write_json
 from trsplat.optim.curvature import gauss_newton_bartlett, hutchinson
 from trsplat.optim.hellinger import TrustRegionConfig, clip_step
 from trsplat.optim.tr import guarded_newton_step
-from trsplat.training import RunDir, Trainer, active_sh_degree, make_residual_fn, prepare
+from trsplat.training import RunDir, Trainer, make_residual_fn, prepare
 
 Params = dict[str, torch.Tensor]
 
@@ -101,7 +101,7 @@ def diagnose(trainer: Trainer, *, views: int = 32, probes: int = 4) -> dict[str,
     group = opt.param_groups[0]  # tr's hyperparameters and ε are the same in every group
     params = {g["name"]: g["params"][0].detach() for g in opt.param_groups}
     state = {g["name"]: opt.state[g["params"][0]] for g in opt.param_groups}
-    residual_fn = make_residual_fn(sh_degree=active_sh_degree(it, cfg), background=trainer.background,
+    residual_fn = make_residual_fn(sh_degree=trainer.sh_degree(it), background=trainer.background,
                                    backend=trainer.backend, form=cfg.optim.residual_form,
                                    lambda_dssim=cfg.lambda_dssim, delta=cfg.optim.residual_delta)
     n = len(trainer.scene.train)

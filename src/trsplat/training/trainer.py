@@ -235,9 +235,8 @@ class Trainer:
     # -- one step ---------------------------------------------------------------------------
     def train_step(self, iteration: int) -> tuple[float, float]:
         """One optimisation step on ``batch_views`` views; returns (loss, train-image PSNR).
-        Sets :attr:`stop_agreed` when a process was asked to stop (Ctrl-C, SIGTERM), so that
-        all processes stop after the same step."""
-        stop_requested = self._stop is not None and self._stop.requested
+        Data-parallel: sets :attr:`stop_agreed` when a process had been asked to stop (Ctrl-C,
+        SIGTERM) before the step's collective, so that all processes stop after the same step."""
         sh_degree = self.sh_degree(iteration)
         world = self.world
         info = StepInfo(iteration, [self.sampler.next() for _ in range(self.cfg.batch_views)],
@@ -256,8 +255,8 @@ class Trainer:
             total_loss += float(loss.detach())
             with torch.no_grad():
                 total_mse += float(torch.mean((out.image.detach().clamp(0, 1) - gt) ** 2)) / len(info.view_ids)
-        self.stop_agreed = stop_requested
         if world.distributed:
+            stop_requested = self._stop is not None and self._stop.requested
             total_loss, total_mse = self._sum_over_processes(total_loss, total_mse, stop_requested)
         self._changed_state = True  # from here on a lost process leaves this step half done
         self.strategy.step_post_backward(self.gaussians, self.optimizer, info)
@@ -355,7 +354,9 @@ class Trainer:
                 self.state.iteration = iteration
                 if not np.isfinite(loss):
                     self._diverged(f"the loss is {loss}")
-                saving = iteration in eval_at or iteration % cfg.checkpoint_every == 0 or self.stop_agreed
+                # one process: stop after the step a signal came in; several: after the step all agreed on
+                stopping = self.stop_agreed if self.world.distributed else stop.requested
+                saving = iteration in eval_at or iteration % cfg.checkpoint_every == 0 or stopping
                 if saving or iteration % FINITE_CHECK_EVERY == 0:
                     self._check_finite()
                 if iteration % cfg.dist_check_every == 0 or saving:
@@ -369,7 +370,7 @@ class Trainer:
                     self._check_collapse(record)
                 if saving:
                     self.save_checkpoint()
-                if self.stop_agreed and iteration < cfg.iters:
+                if stopping and iteration < cfg.iters:
                     raise TrsplatError(f"interrupted at iteration {iteration}; checkpoint saved, "
                                        f"continue with: {self._resume_command()}")
         except LostRank as exc:  # (torchrun's SIGTERM to the survivors is still caught while saving)

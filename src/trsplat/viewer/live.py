@@ -19,7 +19,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from trsplat.training.evaluation import active_sh_degree
 from trsplat.training.hooks import Hook
 
 if TYPE_CHECKING:
@@ -104,7 +103,7 @@ class LiveViewer(Hook):
         self.wanted.clear()
         iteration = self.last[0]
         snapshot = trainer.gaussians.detach().clone()
-        self.viewer.set_gaussians(snapshot, active_sh_degree(max(iteration, 1), trainer.cfg),
+        self.viewer.set_gaussians(snapshot, trainer.sh_degree(max(iteration, 1)),
                                   caption=self._caption())
         now = time.monotonic()
         self.next_push = now + max(self.every, self.viewer.worker.busy_seconds / MAX_SHARE)
