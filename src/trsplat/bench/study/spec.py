@@ -143,6 +143,7 @@ class StudySpec:
         values.update(copy.deepcopy(self.variants[variant].overrides))
         values.update(data=str(self.scene_path(scene, out_dir)), out=str(run_dir(out_dir, scene, variant, seed)),
                       seed=int(seed), iters=int(self.iters), eval_at=self.eval_iterations())
+        values.setdefault("batch_views", 1)  # a study's runs are single processes (what config.json records)
         return TrainConfig.make(**values)
 
     # -- (de)serialisation -----------------------------------------------------------------
