@@ -180,7 +180,7 @@ def test_batch_rules() -> None:
     assert rules.optim.lr_opacity == pytest.approx(2 * cfg.optim.lr_opacity)
     assert rules.optim.adam_eps == pytest.approx(cfg.optim.adam_eps / 2)
     assert rules.optim.adam_beta2 == pytest.approx(cfg.optim.adam_beta2 ** 4)
-    assert rules.optim.eps_start == pytest.approx(4 * cfg.optim.eps_start)
+    assert rules.optim.eps_start == pytest.approx(16 * cfg.optim.eps_start)  # radii x B
     assert rules.optim.theta1 == pytest.approx(cfg.optim.theta1 ** 4)
     assert rules.sh_interval == cfg.sh_interval // 4
     assert batch_rules(TrainConfig.make(batch_views=1)) == TrainConfig.make(batch_views=1)

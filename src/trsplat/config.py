@@ -193,7 +193,7 @@ class TrainConfig:
     batch_views: int | None = opt(None, "training views per step (|S1|), split across the processes of a "
                                   "torchrun launch (default: one per process)", lo=1)
     batch_scaling: bool = opt(True, "with --batch-views B > 1: Adam lr x sqrt(B), eps / sqrt(B), betas^B; "
-                              "trust-region eps x B, EMA factors ^B (docs/training.md)")
+                              "trust-region eps x B^2, EMA factors ^B (docs/training.md)")
     dist_check_every: int = opt(100, "torchrun: compare every rank's parameters every this many iterations",
                                 lo=1)
     dist_timeout: float = opt(300.0, "torchrun: seconds a collective waits for the other processes before "
