@@ -294,7 +294,7 @@ def test_below_color_floor_cost(backend: str) -> None:
 # beta and hand-computed radii
 # ------------------------------------------------------------------------------------------------
 def _rot_unnormalised(q: torch.Tensor) -> torch.Tensor:
-    """R̃(q̃) = ‖q̃‖²·R(q̃/‖q̃‖): entries quadratic in q̃ (spec §2.2)."""
+    """R̃(q̃) = ‖q̃‖²·R(q̃/‖q̃‖): entries quadratic in q̃ (docs/trust_region.md, rotation bounds)."""
     w, x, y, z = q
     r2 = q @ q
     return torch.stack([

@@ -239,7 +239,7 @@ def test_forward_mode_matches_jacobian(form: str) -> None:
     fd = (f(img + h * v) - f(img - h * v)) / (2 * h)
     torch.testing.assert_close(jv_ref, fd, rtol=1e-4, atol=1e-7)
 
-    # spec §1.3 pattern: forward-AD tangent, then backward with the tangent as cotangent → JᵀJv
+    # the Hutchinson pattern of docs/optimizer.md: forward-AD tangent, then backward with the tangent as cotangent → JᵀJv
     x = img.clone().requires_grad_(True)
     with fwAD.dual_level():
         r = f(fwAD.make_dual(x, v))

@@ -17,8 +17,8 @@ from tests.helpers import front_camera, random_gaussians
 def brute_force_render(g: Gaussians, cam, sh_degree: int, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel INRIA compositing written independently in float64 numpy, one pixel and one Gaussian at a time.
 
-    Implements 3dgs-conventions.md §4-§6 directly (including tile-rectangle membership) without
-    any code from trsplat.render.
+    Implements the INRIA conventions of docs/training.md ("Rendering": projection, tile-rectangle
+    membership, alpha compositing) directly, without any code from trsplat.render.
     """
     c0, c1 = 0.28209479177387814, 0.4886025119029199
     w2c = cam.world_to_camera.double().numpy()
