@@ -142,9 +142,10 @@ def test_a_due_test_needs_the_step_loss() -> None:
         TrustRegionNewton(clone(params), radius="global")
 
 
-def _run(params, problem, steps, *, curvature, resume_at=None, radius="adaptive"):
+def _run(params, problem, steps, *, curvature, resume_at=None, radius="adaptive", **options):
     def make():
-        opt = TrustRegionNewton(params, curvature=curvature, interval=3, seed=5, radius=radius, radius_test_every=2)
+        opt = TrustRegionNewton(params, curvature=curvature, interval=3, seed=5, radius=radius, radius_test_every=2,
+                                **options)
         return opt, [ExponentialDecay(opt, key="tr_eps", start=1e-3, end=1e-5, max_steps=steps)]
 
     opt, schedulers = make()
@@ -165,15 +166,23 @@ def _run(params, problem, steps, *, curvature, resume_at=None, radius="adaptive"
     return opt
 
 
-@pytest.mark.parametrize("curvature", ["hutchinson", "gnb", "none"])
-def test_state_dict_round_trip_continues_identically(curvature: str) -> None:
-    """Saving and loading mid-run (between two tests) continues bit-identically: parameters, κ and
-    the window's statistics."""
+ROUND_TRIP_OPTIONS = [
+    dict(),
+    dict(radius_test_on="held-out", radius_held_out_views=2, radius_scale_max=16.0, radius_opacity_scale_max=1.0),
+    dict(radius_test_on="held-out", radius_scale_max=16.0, radius_opacity_scale_max=1.0, damping="lm"),
+]
+
+
+@pytest.mark.parametrize("curvature,options", [(c, o) for c in ("hutchinson", "gnb", "none")
+                                               for o in ROUND_TRIP_OPTIONS if c != "none" or "damping" not in o])
+def test_state_dict_round_trip_continues_identically(curvature: str, options: dict) -> None:
+    """Saving and loading mid-run (between two tests) continues bit-identically: parameters, κ,
+    the window's statistics, μ of the damping and the held-out views' generator."""
     params = raw_params(60, 7)
     problem = LeastSquares(params, 8)
     resumed_params = clone(params)
-    straight = _run(params, problem, 15, curvature=curvature)
-    resumed = _run(resumed_params, problem, 15, curvature=curvature, resume_at=8)
+    straight = _run(params, problem, 15, curvature=curvature, **options)
+    resumed = _run(resumed_params, problem, 15, curvature=curvature, resume_at=8, **options)
     for k in params:
         assert torch.equal(params[k], resumed_params[k]), k
     assert straight.radius_control.state_dict() == resumed.radius_control.state_dict()
@@ -188,13 +197,18 @@ def tiny_scene(tmp_path_factory) -> Path:
     return make_synthetic_scene(tmp_path_factory.mktemp("scene") / "toy", size=32, n_train=6, n_test=2)
 
 
-@pytest.mark.parametrize("curvature", ["hutchinson", "none"])
+HELD_OUT_LM = dict(tr_radius_test="held-out", tr_radius_test_views=2, tr_radius_scale_max=16.0,
+                   tr_radius_opacity_max=1.0, tr_damping="lm")
+
+
+@pytest.mark.parametrize("curvature,options", [("hutchinson", {}), ("none", {}), ("hutchinson", HELD_OUT_LM)])
 def test_training_records_the_ratio_test_and_resumes_identically(tiny_scene, tmp_path, monkeypatch,
-                                                                 curvature: str) -> None:
+                                                                 curvature: str, options: dict) -> None:
     """A trained run writes the ratio-test record at each eval (tests since the previous eval) and
-    draws its panels; an interrupted run resumes to the same parameters and records."""
+    draws its panels; an interrupted run resumes to the same parameters and records (also with
+    held-out views, the opacity cap and the damping)."""
     extra = dict(optimizer="tr", curvature=curvature, curvature_interval=3, eps_start=1e-4, eps_end=1e-6,
-                 tr_radius="adaptive", tr_radius_test_every=2)
+                 tr_radius="adaptive", tr_radius_test_every=2, **options)
     train(_config(tiny_scene, tmp_path / "full", **extra))
     with monkeypatch.context() as m:
         _interrupt_at(m, 9)
@@ -250,3 +264,111 @@ def test_the_extra_render_reproduces_the_training_loss(tiny_scene, tmp_path) -> 
                      backend=trainer.backend)
         total += float(training_loss(out.image, scene.train[v].image, cfg.lambda_dssim).detach() / len(views))
     assert trainer._views_loss(1, views) == total
+
+
+def test_options_of_the_rule_caps_opacity_and_damping() -> None:
+    """``scale_max`` bounds κ both ways, the opacity factor is min(κ, cap), μ doubles when κ
+    shrinks and halves when the model held (also inside the bound), within [LM_MIN, LM_MAX]."""
+    c = AdaptiveRadius(scale_max=4.0, opacity_scale_max=1.0, damping="lm")
+    assert (c.scale_min, c.opacity_scale(), c.damping_factor) == (0.25, 1.0, R.LM_START)
+    c.update(1.0, 0.9, 1.0)
+    assert (c.scale, c.opacity_scale(), c.damping_factor) == (2.0, 1.0, R.LM_START * R.LM_DECAY)
+    c.update(1.0, 0.9, 0.0)  # held inside the bound: κ kept, μ still decays
+    assert (c.scale, c.damping_factor) == (2.0, R.LM_START * R.LM_DECAY ** 2)
+    c.update(1.0, 0.5, 1.0)  # in between: both kept
+    assert (c.scale, c.damping_factor) == (2.0, R.LM_START * R.LM_DECAY ** 2)
+    for _ in range(5):
+        c.update(1.0, 0.9, 1.0)
+    assert c.scale == 4.0 and c.opacity_scale() == 1.0
+    for _ in range(5):
+        c.update(1.0, 0.0, 1.0)
+    assert c.scale == 0.25 and c.opacity_scale() == 0.25 and c.damping_factor == R.LM_START * R.LM_DECAY ** 2
+    for _ in range(40):
+        c.update(1.0, 0.0, 1.0)
+    assert c.damping_factor == R.LM_MAX
+    stats = c.window_statistics()
+    assert stats["damping"] == R.LM_MAX and stats["damping_mean"] > 0
+    plain = AdaptiveRadius()
+    plain.update(1.0, 0.0, 1.0)
+    assert plain.damping_factor == R.LM_START and "damping" not in plain.window_statistics()
+    d = torch.tensor([-1.0, 0.0, 2.0, 6.0])
+    assert torch.equal(AdaptiveRadius(damping="lm").lm_damping(d), torch.tensor([2.0, 2.0, 4.0, 8.0]))
+    zero = torch.tensor([-1.0, 0.0])
+    assert torch.equal(AdaptiveRadius(damping="lm").lm_damping(zero), zero)  # no positive curvature: the guard's
+    for bad in (dict(test_on="next"), dict(held_out_views=0), dict(scale_max=0.5), dict(opacity_scale_max=0.0),
+                dict(damping="trust")):
+        with pytest.raises(ValueError):
+            AdaptiveRadius(**bad)
+    with pytest.raises(ValueError, match="tied to the adaptive radius"):
+        TrustRegionNewton(raw_params(3, 1), damping="lm")
+
+
+def test_held_out_views_are_drawn_apart_from_the_step() -> None:
+    c = AdaptiveRadius(test_on="held-out", held_out_views=3, seed=4)
+    again = AdaptiveRadius(test_on="held-out", held_out_views=3, seed=4)
+    for _ in range(20):
+        views = c.draw_views(8, [2, 5])
+        assert len(set(views)) == 3 and not set(views) & {2, 5} and all(0 <= v < 8 for v in views)
+        assert again.draw_views(8, [2, 5]) == views
+    assert c.draw_views(2, [0, 1]) in ([0, 1], [1, 0])  # nothing else left: any view
+
+
+def test_held_out_model_predicts_with_the_gradient_ema() -> None:
+    """With ``test_on="held-out"`` the predicted decrease is −(ĝ·s + ½ s·D⁺s) with ĝ the gradient
+    EMA (θ₁ = 0.5, computed here by hand), not the step's gradient; ρ against that value."""
+    params = raw_params(30, 11)
+    problem = Separable(params, 12)
+    opt = TrustRegionNewton(params, curvature="hutchinson", interval=1, theta1=0.5, theta2=0.0, tr_eps=1e-4,
+                            radius="adaptive", radius_test_every=1, radius_test_on="held-out")
+    g_hat = {k: torch.zeros_like(v) for k, v in params.items()}
+    for _ in range(4):
+        before = {k: v.detach().clone() for k, v in params.items()}
+        grads = torch.autograd.grad(problem.loss(params), list(params.values()))
+        for k, g in zip(params, grads):
+            g_hat[k] = 0.5 * g_hat[k] + 0.5 * g
+        loss_before = float(problem.loss(params))
+        _step(opt, params, problem, problem.curvature)
+        s = {k: params[k].detach().double() - before[k].double() for k in params}
+        predicted = -sum(float((g_hat[k].double() * s[k]).sum()) + 0.5 * float((problem.weight[k].double()
+                                                                               * s[k] ** 2).sum()) for k in params)
+        actual = loss_before - float(problem.loss(params))
+        assert opt.radius_control.last_rho == pytest.approx(actual / predicted, rel=1e-4)
+        steps_gs = sum(float((g.double() * s[k]).sum()) for g, k in zip(grads, params))
+        assert abs(steps_gs - sum(float((g_hat[k].double() * s[k]).sum()) for k in params)) > 1e-3 * abs(steps_gs)
+
+
+def test_opacity_cap_and_damping_shape_the_step() -> None:
+    """κ grown to 8 with the opacity cap 1: the opacity step is the clip at ε, every other
+    parameter's at 8ε; with ``damping="lm"`` the proposed step is −g/(D⁺ + μ·mean D⁺), then
+    clipped (checked against the trust region's own clip of the hand-made step)."""
+    params = raw_params(25, 13)
+    problem = Separable(params, 14)
+    eps = 1e-4
+    opt = TrustRegionNewton(params, curvature="hutchinson", interval=1, theta1=0.0, theta2=0.0, tr_eps=eps,
+                            radius="adaptive", radius_test_every=1000, radius_opacity_scale_max=1.0, damping="lm")
+    opt.radius_control.scale = 8.0
+    opt.radius_control.damping_factor = 0.25
+    before = {k: v.detach().clone() for k, v in params.items()}
+    grads = dict(zip(params, torch.autograd.grad(problem.loss(params), list(params.values()))))
+    _step(opt, params, problem, problem.curvature)
+    differs = []
+    for k in params:
+        d = problem.weight[k]
+        proposed = -grads[k] / (d + 0.25 * float(d.double().mean()))
+        k_eps = eps if k == "opacity_logits" else 8 * eps
+        expected = opt.trust_region.clip(before, {k: proposed}, k_eps)[0][k]
+        assert torch.allclose(params[k].detach() - before[k], expected, rtol=1e-4, atol=1e-6), k
+        undamped = opt.trust_region.clip(before, {k: -grads[k] / d}, k_eps)[0][k]
+        differs.append(not torch.allclose(undamped, expected, rtol=1e-4, atol=1e-6))
+    assert any(differs)  # the damping changed some clipped steps
+    opacity_8 = opt.trust_region.clip(before, {"opacity_logits": -grads["opacity_logits"] * 1e6}, 8 * eps)[0]
+    assert (opacity_8["opacity_logits"].abs() > (params["opacity_logits"].detach() - before["opacity_logits"]).abs()
+            ).any()
+
+
+def test_damping_needs_an_adaptive_radius_and_a_curvature(tiny_scene, tmp_path) -> None:
+    with pytest.raises(TrsplatError, match="--tr-damping lm needs"):
+        _config(tiny_scene, tmp_path / "x", optimizer="tr", curvature="none", tr_radius="adaptive",
+                tr_damping="lm").validate()
+    with pytest.raises(TrsplatError, match="--tr-damping lm needs"):
+        _config(tiny_scene, tmp_path / "x", optimizer="tr", tr_damping="lm").validate()

@@ -108,6 +108,19 @@ class OptimizerConfig:
                          "docs/optimizer.md)", choices=("fixed", "adaptive"))
     tr_radius_test_every: int = opt(10, "tr with --tr-radius adaptive: run the ratio test (one extra forward "
                                     "render) every k iterations", lo=1)
+    tr_radius_test: str = opt("step", "tr with --tr-radius adaptive: where the ratio test measures the actual "
+                              "decrease: step (the step's own views; model from the step's gradient) or held-out "
+                              "(--tr-radius-test-views other training views drawn by the optimizer, two forward "
+                              "renders each; model from the gradient EMA); docs/optimizer.md",
+                              choices=("step", "held-out"))
+    tr_radius_test_views: int = opt(1, "tr with --tr-radius-test held-out: training views per ratio test", lo=1)
+    tr_radius_scale_max: float = opt(1024.0, "tr with --tr-radius adaptive: the factor kappa on eps stays in "
+                                     "[1/max, max]", lo=1)
+    tr_radius_opacity_max: float | None = opt(None, "tr with --tr-radius adaptive: the opacity radius uses "
+                                              "min(kappa, this) instead of kappa (none: kappa)", lo=0, lo_open=True)
+    tr_damping: str = opt("none", "tr with --tr-radius adaptive and a curvature: none or lm (Levenberg-Marquardt: "
+                          "divide by max(D,0) + mu*mean(max(D,0)) per tensor, mu doubled when the ratio test "
+                          "shrinks kappa, halved when the model held; docs/optimizer.md)", choices=("none", "lm"))
     # Hellinger trust region (trsplat.optim.hellinger.TrustRegionConfig; docs/trust_region.md)
     tr_bounds: str = opt("kernel", "kernel (authors' CUDA kernel) or paper (constants as printed)",
                          choices=("kernel", "paper"))
@@ -267,6 +280,9 @@ class TrainConfig:
         o = self.optim
         if o.tr_radius != "fixed" and o.optimizer != "tr":
             raise TrsplatError(f"--tr-radius {o.tr_radius} needs --optimizer tr, got --optimizer {o.optimizer}")
+        if o.tr_damping != "none" and (o.tr_radius != "adaptive" or o.curvature == "none"):
+            raise TrsplatError(f"--tr-damping {o.tr_damping} needs --tr-radius adaptive and a curvature estimator, "
+                               f"got --tr-radius {o.tr_radius} --curvature {o.curvature}")
         if o.residual_form == "sqrt" and o.residual_delta == 0:
             raise TrsplatError(f"--residual-delta must be > 0 for the sqrt residual, got {o.residual_delta}")
         for name in ("lr_means", "lr_sh_dc", "lr_sh_rest", "lr_opacity", "lr_scale", "lr_rotation"):

@@ -46,6 +46,8 @@ def build_optimizer(ocfg: Any, params: dict[str, Tensor], *, extent: float, iter
         curvature=ocfg.curvature, interval=ocfg.curvature_interval, theta1=ocfg.theta1, theta2=ocfg.theta2,
         guard=ocfg.guard, guard_floor=ocfg.guard_floor, bias_correction=ocfg.bias_correction,
         step_norm=ocfg.step_norm, step_norm_quantile=ocfg.step_norm_quantile, seed=seed,
-        radius=ocfg.tr_radius, radius_test_every=ocfg.tr_radius_test_every)
+        radius=ocfg.tr_radius, radius_test_every=ocfg.tr_radius_test_every, radius_test_on=ocfg.tr_radius_test,
+        radius_held_out_views=ocfg.tr_radius_test_views, radius_scale_max=ocfg.tr_radius_scale_max,
+        radius_opacity_scale_max=ocfg.tr_radius_opacity_max, damping=ocfg.tr_damping)
     return optimizer, [ExponentialDecay(optimizer, key="tr_eps", start=ocfg.eps_start, end=ocfg.eps_end,
                                         max_steps=iters)]

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from trsplat.optim.curvature import CURVATURES
-from trsplat.optim.radius import RADIUS_MODES, AdaptiveRadius, StepLoss
+from trsplat.optim.radius import RADIUS_MODES, SCALE_MAX, AdaptiveRadius, StepLoss
 from trsplat.optim.trust_region import HellingerTrustRegion, WithTrustRegion, group_eps, named_params
 
 GUARDS = ("sophia", "abs", "raw")
@@ -55,14 +55,19 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
     ``radius="adaptive"`` multiplies ε by the factor κ of :attr:`radius_control` (an
     :class:`~trsplat.optim.radius.AdaptiveRadius`, ratio test every ``radius_test_every`` steps;
     its state travels in ``state_dict`` under ``"adaptive_radius"``); ``"fixed"`` (the paper) uses
-    ε as scheduled and has ``radius_control = None``.
+    ε as scheduled and has ``radius_control = None``. The adaptive radius's options
+    (``radius_test_on``, ``radius_held_out_views``, ``radius_scale_max``,
+    ``radius_opacity_scale_max``, ``damping``) are those of
+    :class:`~trsplat.optim.radius.AdaptiveRadius` (``test_on``, ``held_out_views``, ...).
     """
 
     def __init__(self, params: dict[str, Tensor], *, trust_region: HellingerTrustRegion | None = None,
                  tr_eps: float = 1e-6, curvature: str = "hutchinson", interval: int = 10, theta1: float = 0.9,
                  theta2: float = 0.999, guard: str = "sophia", guard_floor: float = 1e-12,
                  bias_correction: bool = False, step_norm: str = "none", step_norm_quantile: float = 0.5,
-                 seed: int = 0, radius: str = "fixed", radius_test_every: int = 10) -> None:
+                 seed: int = 0, radius: str = "fixed", radius_test_every: int = 10, radius_test_on: str = "step",
+                 radius_held_out_views: int = 1, radius_scale_max: float = SCALE_MAX,
+                 radius_opacity_scale_max: float | None = None, damping: str = "none") -> None:
         if guard not in GUARDS:
             raise ValueError(f"unknown guard {guard!r}; choose {', '.join(GUARDS)}")
         if step_norm not in STEP_NORMS:
@@ -81,7 +86,12 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
         self.trust_region = HellingerTrustRegion() if trust_region is None else trust_region
         self.curvature = curvature
         self.interval = interval
-        self.radius_control = AdaptiveRadius(radius_test_every) if radius == "adaptive" else None
+        if radius != "adaptive" and damping != "none":
+            raise ValueError(f"damping {damping!r} is tied to the adaptive radius's ratio test; use radius='adaptive'")
+        self.radius_control = AdaptiveRadius(
+            radius_test_every, test_on=radius_test_on, held_out_views=radius_held_out_views,
+            scale_max=radius_scale_max, opacity_scale_max=radius_opacity_scale_max, damping=damping,
+            seed=seed) if radius == "adaptive" else None
         # optimizer-wide, not a parameter's: the base class saves and restores it uncast
         self.state["generator"] = torch.Generator().manual_seed(seed + 7919).get_state()
 
@@ -104,7 +114,7 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
         grads: dict[str, Tensor] = {}
         for group in self.param_groups:
             (p,) = group["params"]
-            if testing and p.grad is not None:  # the test's model uses the step's own gradient
+            if testing and p.grad is not None and control.test_on == "step":  # the model uses the step's gradient
                 grads[group["name"]] = p.grad
             p.grad = None  # consumed: free it before the curvature renders (peak memory)
         if self.curvature != "none" and (t - 1) % self.interval == 0:
@@ -117,15 +127,18 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
             self.state["generator"] = generator.get_state()
             self._update_curvature(diag)
         eps = group_eps(self.param_groups)
+        eps_of = self._adaptive_eps_of(eps)
         if control is not None:
             eps = eps * control.scale
         params = named_params(self.param_groups)
         current = {k: v.detach() for k, v in params.items()}
         if not testing:
-            self.trust_region.clip_and_apply(params, self._newton_steps(current, eps), eps)
+            self.trust_region.clip_and_apply(params, self._newton_steps(current, eps), eps, eps_of=eps_of)
             return
-        model = _ModelDecrease(grads, self._model_curvature())
-        self.trust_region.clip_and_apply(params, self._newton_steps(current, eps), eps, observe=model.observe)
+        model = _ModelDecrease(grads if control.test_on == "step" else self._model_gradient(),
+                               self._model_curvature())
+        self.trust_region.clip_and_apply(params, self._newton_steps(current, eps), eps, observe=model.observe,
+                                         eps_of=eps_of)
         del grads, current
         assert step_loss is not None and control is not None
         control.update(model.predicted, step_loss.before - float(step_loss.after()), model.bound_share())
@@ -170,6 +183,34 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
             t = state["step"]  # (every parameter steps together)
         return t
 
+    def _adaptive_eps_of(self, eps: float) -> dict[str, float] | None:
+        """ε per parameter where the adaptive radius gives it another factor than κ: opacity's
+        min(κ, ``opacity_scale_max``) (None when every parameter uses κ·ε)."""
+        control = self.radius_control
+        if control is None or control.opacity_scale_max is None:
+            return None
+        return {"opacity_logits": eps * control.opacity_scale()}
+
+    def _model_gradient(self) -> dict[str, Tensor]:
+        """g of a held-out ratio test's model: the gradient EMA ĝ as the Newton step reads it
+        (bias-corrected when that is on), the model of the whole training loss."""
+        out = {}
+        for group in self.param_groups:
+            (p,) = group["params"]
+            state = self.state[p]
+            g_hat = state["grad_ema"]
+            if group["bias_correction"]:
+                g_hat = g_hat / (1 - group["theta1"] ** state["step"])
+            out[group["name"]] = g_hat
+        return out
+
+    def _damped(self, d_hat: Tensor) -> Tensor:
+        """D̂ as the Newton step divides by it: Levenberg–Marquardt damped with ``damping="lm"``."""
+        control = self.radius_control
+        if control is None or control.damping != "lm":
+            return d_hat
+        return control.lm_damping(d_hat)
+
     def _model_curvature(self) -> dict[str, Tensor]:
         """D of the ratio test's model per parameter: the curvature EMA as the Newton step reads
         it (bias-corrected when that is on), unscaled; D⁺ = max(D, 0) is taken when summing."""
@@ -205,7 +246,7 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
             if group["bias_correction"]:
                 g_hat = g_hat / (1 - group["theta1"] ** state["step"])
                 d_hat = d_hat / (1 - group["theta2"] ** max(state["curvature_updates"], 1))
-            step = guarded_newton_step(g_hat, d_hat, group["guard"], group["guard_floor"])
+            step = guarded_newton_step(g_hat, self._damped(d_hat), group["guard"], group["guard_floor"])
             del g_hat, d_hat
             if group["step_norm"] == "median-radius":
                 step = self.trust_region.scale_to_radius(current, group["name"], step, eps,

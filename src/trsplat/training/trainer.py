@@ -304,7 +304,13 @@ class Trainer:
     def _step_loss(self, sh_degree: int, view_ids: list[int], loss_before: float) -> StepLoss:
         """The adaptive radius's ratio test: the step's loss before (the gradient renders' loss, or
         a fresh render when a densification strategy may have changed the Gaussians since) and a
-        callable for it after the step (one forward render per view)."""
+        callable for it after the step (one forward render per view). With ``--tr-radius-test
+        held-out`` the same for training views the optimizer draws apart from the step's (two
+        forward renders per view)."""
+        control = self.optimizer.radius_control
+        if control is not None and control.test_on == "held-out":
+            held_out = control.draw_views(len(self.scene.train), view_ids)
+            return StepLoss(self._views_loss(sh_degree, held_out), lambda: self._views_loss(sh_degree, held_out))
         if not isinstance(self.strategy, NoDensification):
             loss_before = self._views_loss(sh_degree, view_ids)
         return StepLoss(loss_before, lambda: self._views_loss(sh_degree, view_ids))
