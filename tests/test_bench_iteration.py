@@ -41,3 +41,23 @@ def test_missing_capture_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert DATA_ENV in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.json").exists()
+
+
+def test_profile_from_a_ply_trains_those_gaussians(tiny_scene, tmp_path):
+    from trsplat.gaussians import save_ply
+    from trsplat.synthetic import ground_truth_gaussians
+
+    ply = tmp_path / "trained.ply"
+    save_ply(ground_truth_gaussians(), ply)  # 2,400 Gaussians, not the 200 of the random init
+    row = profile_training(str(tiny_scene), "adam", downscale=1, n_random_init=200, iters=2, warmup=1,
+                           backend="cpu", ply=str(ply))
+    assert row["n_gaussians"] == len(ground_truth_gaussians())
+
+
+def test_missing_ply_is_a_one_line_error(tiny_scene, tmp_path, capsys):
+    missing = tmp_path / "nope.ply"
+    assert cli_main(["bench", "iteration", "--data", str(tiny_scene), "--ply", str(missing),
+                     "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.json").exists()

@@ -6,7 +6,8 @@ training steps and then ``iters`` timed steps under cProfile, in a fresh Python 
 ``peak_rss_bytes`` (VmHWM) belongs to that optimizer alone. Steps start at ``start_iteration``
 (default 3000: SH degree 3, the steady-state cost) and ``iters`` should be a multiple of the
 curvature interval (10) so that ``tr`` pays its curvature refreshes in the proportion it does
-in training.
+in training. ``--ply`` starts from the Gaussians of a 3DGS PLY (e.g. a trained run's
+``point_cloud.ply``: anisotropic, opaque splats) instead of the capture's initialisation.
 
 The breakdown is wall time per iteration. Top level, as called by ``Trainer.train_step``:
 ``render_s``, ``loss_s`` (L1 + D-SSIM), ``backward_s`` (of the training loss),
@@ -61,11 +62,13 @@ PARTS = {**TOP_PARTS, **INNER_PARTS}
 
 def profile_training(data: str, optimizer: str, *, downscale: int = 4, n_random_init: int = 100_000,
                      iters: int = 20, warmup: int = 3, start_iteration: int = 3000,
-                     backend: str = "auto", seed: int = 0) -> dict[str, Any]:
-    """Profile ``iters`` training steps of ``optimizer`` in this process; seconds per iteration."""
+                     backend: str = "auto", seed: int = 0, ply: str | None = None) -> dict[str, Any]:
+    """Profile ``iters`` training steps of ``optimizer`` in this process; seconds per iteration.
+    ``ply``: start from the Gaussians of this PLY instead of the capture's initialisation."""
     import torch
 
     from trsplat.config import TrainConfig
+    from trsplat.gaussians import load_ply
     from trsplat.training import Trainer, prepare
 
     with tempfile.TemporaryDirectory() as out:
@@ -75,6 +78,8 @@ def profile_training(data: str, optimizer: str, *, downscale: int = 4, n_random_
         cfg.validate()
         torch.manual_seed(seed)
         scene, gaussians = prepare(cfg)
+        if ply is not None:
+            gaussians = load_ply(ply)
         trainer = Trainer(cfg, scene, gaussians)
         rss_loaded = _rss("VmRSS")
         it = start_iteration
@@ -153,6 +158,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--start-iteration", type=int, default=3000)
     parser.add_argument("--backend", default="auto")
+    parser.add_argument("--ply", default=None, help="start from the Gaussians of this 3DGS PLY (e.g. a trained "
+                        "run's point_cloud.ply) instead of the capture's initialisation")
     parser.add_argument("--out", default="iteration_bench.json", help="JSON file to write")
 
 
@@ -160,11 +167,13 @@ def main(args: argparse.Namespace) -> int:
     data = args.data or str(default_capture())
     if not Path(data).is_dir():
         raise TrsplatError(f"{data}: no such capture folder (pass --data, or set {DATA_ENV} to the datasets folder)")
+    if args.ply is not None and not Path(args.ply).is_file():
+        raise TrsplatError(f"{args.ply}: no such PLY file")
     rows = []
     for opt in [o.strip() for o in args.optimizers.split(",") if o.strip()]:
         task = {"data": data, "optimizer": opt, "downscale": args.downscale,
                 "n_random_init": args.n_random_init, "iters": args.iters, "warmup": args.warmup,
-                "start_iteration": args.start_iteration, "backend": args.backend}
+                "start_iteration": args.start_iteration, "backend": args.backend, "ply": args.ply}
         print(f"profiling {opt} ...", flush=True)
         rows.append(_run_isolated(task))
     table = format_table(rows)
