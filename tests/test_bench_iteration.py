@@ -61,3 +61,12 @@ def test_missing_ply_is_a_one_line_error(tiny_scene, tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(missing) in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("strategy", ["adc", "mcmc"])
+def test_profile_with_densification_counts_the_strategy(tiny_scene, strategy):
+    row = profile_training(str(tiny_scene), "adam", downscale=1, n_random_init=200, iters=4, warmup=1,
+                           start_iteration=1000, backend="cpu", densify=strategy)
+    assert row["densify"] == strategy and row["densify_s"] > 0
+    assert sum(row[k] for k in TOP_PARTS) <= row["s_per_it"] * 1.001
+    assert f"adam+{strategy}" in format_table([row])

@@ -8,10 +8,15 @@ training steps and then ``iters`` timed steps under cProfile, in a fresh Python 
 curvature interval (10) so that ``tr`` pays its curvature refreshes in the proportion it does
 in training. ``--ply`` starts from the Gaussians of a 3DGS PLY (e.g. a trained run's
 ``point_cloud.ply``: anisotropic, opaque splats) instead of the capture's initialisation.
+``--densify adc|mcmc`` trains with that strategy, its schedule scaled by ``--densify-steps-scale``
+(default 7000/30000, the densify study's, so that iteration 3000 lies inside the refinement
+window) and, for ``mcmc``, ``--cap-max`` equal to the initial count (relocation and noise, no
+growth): the strategy's cost at an equal number of Gaussians.
 
 The breakdown is wall time per iteration. Top level, as called by ``Trainer.train_step``:
 ``render_s``, ``loss_s`` (L1 + D-SSIM), ``backward_s`` (of the training loss),
-``optimizer_step_s`` (for ``tr`` it includes ``curvature_s``, the JVP render + backward of the
+``densify_s`` (the strategy's ``step_post_backward``: statistics, noise, regularisers and the
+refinements that fall into the timed steps), ``optimizer_step_s`` (for ``tr`` it includes ``curvature_s``, the JVP render + backward of the
 Hutchinson/GNB estimate, and for both trust-region optimizers ``trust_region_s``, the Hellinger
 radii and clip) and ``other_s`` (view sampling, PSNR bookkeeping, ``zero_grad``). Kernel level,
 summed over every render of the iteration (the curvature's included): ``project_forward_s``,
@@ -45,6 +50,7 @@ TOP_PARTS = {
     "render_s": ("trsplat/render/__init__", "render"),
     "loss_s": ("trsplat/loss", "training_loss"),
     "backward_s": ("torch/_tensor", "backward"),
+    "densify_s": ("trsplat/strategy/", "step_post_backward"),
     "optimizer_step_s": ("torch/optim/optimizer", "wrapper"),  # every torch optimizer's step goes through it
 }
 # nested parts: cumulative over the whole iteration
@@ -58,13 +64,17 @@ INNER_PARTS = {
     "project_backward_s": ("render/cpu_project", "backward"),
 }
 PARTS = {**TOP_PARTS, **INNER_PARTS}
+STUDY_STEPS_SCALE = 7000 / 30000
+"""``--densify-steps-scale`` default: the densify study's 7000-iteration schedule."""
 
 
 def profile_training(data: str, optimizer: str, *, downscale: int = 4, n_random_init: int = 100_000,
                      iters: int = 20, warmup: int = 3, start_iteration: int = 3000,
-                     backend: str = "auto", seed: int = 0, ply: str | None = None) -> dict[str, Any]:
+                     backend: str = "auto", seed: int = 0, ply: str | None = None, densify: str = "none",
+                     densify_steps_scale: float = STUDY_STEPS_SCALE, cap_max: int | None = None) -> dict[str, Any]:
     """Profile ``iters`` training steps of ``optimizer`` in this process; seconds per iteration.
-    ``ply``: start from the Gaussians of this PLY instead of the capture's initialisation."""
+    ``ply``: start from the Gaussians of this PLY instead of the capture's initialisation;
+    ``densify``: the strategy (``cap_max``, for mcmc: default the initial count)."""
     import torch
 
     from trsplat.config import TrainConfig
@@ -80,6 +90,10 @@ def profile_training(data: str, optimizer: str, *, downscale: int = 4, n_random_
         scene, gaussians = prepare(cfg)
         if ply is not None:
             gaussians = load_ply(ply)
+        if densify != "none":
+            cfg = TrainConfig.make(**{**cfg.flat(), "densify": densify, "densify_steps_scale": densify_steps_scale,
+                                      "cap_max": cap_max or len(gaussians)})
+            cfg.validate()
         trainer = Trainer(cfg, scene, gaussians)
         rss_loaded = _rss("VmRSS")
         it = start_iteration
@@ -107,7 +121,7 @@ def profile_training(data: str, optimizer: str, *, downscale: int = 4, n_random_
                 total += sum(c[3] for (cf, _, cn), c in callers.items() if caller[0] in cf and cn == caller[1])
         return total / iters
 
-    out: dict[str, Any] = {"optimizer": optimizer, "backend": trainer.backend,
+    out: dict[str, Any] = {"optimizer": optimizer, "densify": densify, "backend": trainer.backend,
                            "n_gaussians": len(gaussians), "width": scene.train[0].camera.width,
                            "height": scene.train[0].camera.height, "iters": iters,
                            "start_iteration": start_iteration, "s_per_it": wall}
@@ -131,7 +145,8 @@ def _run_isolated(task: dict[str, Any]) -> dict[str, Any]:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one column per optimizer, one row per part (ms per iteration), then ratios."""
-    head = "| ms per iteration | " + " | ".join(r["optimizer"] for r in rows) + " |"
+    names = [r["optimizer"] + (f"+{r['densify']}" if r.get("densify", "none") != "none" else "") for r in rows]
+    head = "| ms per iteration | " + " | ".join(names) + " |"
     lines = [head, "|---|" + "---|" * len(rows)]
     keys = ["s_per_it", *PARTS, "other_s"]
     for k in keys:
@@ -160,6 +175,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--ply", default=None, help="start from the Gaussians of this 3DGS PLY (e.g. a trained "
                         "run's point_cloud.ply) instead of the capture's initialisation")
+    parser.add_argument("--densify", default="none", choices=("none", "adc", "mcmc"),
+                        help="train with this densification strategy (default none)")
+    parser.add_argument("--densify-steps-scale", type=float, default=STUDY_STEPS_SCALE,
+                        help="factor on the strategy's iteration options (default 7000/30000: the densify study's)")
+    parser.add_argument("--cap-max", type=int, default=None,
+                        help="mcmc: maximum number of Gaussians (default: the initial count, i.e. no growth)")
     parser.add_argument("--out", default="iteration_bench.json", help="JSON file to write")
 
 
@@ -173,7 +194,8 @@ def main(args: argparse.Namespace) -> int:
     for opt in [o.strip() for o in args.optimizers.split(",") if o.strip()]:
         task = {"data": data, "optimizer": opt, "downscale": args.downscale,
                 "n_random_init": args.n_random_init, "iters": args.iters, "warmup": args.warmup,
-                "start_iteration": args.start_iteration, "backend": args.backend, "ply": args.ply}
+                "start_iteration": args.start_iteration, "backend": args.backend, "ply": args.ply,
+                "densify": args.densify, "densify_steps_scale": args.densify_steps_scale, "cap_max": args.cap_max}
         print(f"profiling {opt} ...", flush=True)
         rows.append(_run_isolated(task))
     table = format_table(rows)
