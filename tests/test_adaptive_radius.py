@@ -170,6 +170,7 @@ ROUND_TRIP_OPTIONS = [
     dict(),
     dict(radius_test_on="held-out", radius_held_out_views=2, radius_scale_max=16.0, radius_opacity_scale_max=1.0),
     dict(radius_test_on="held-out", radius_scale_max=16.0, radius_opacity_scale_max=1.0, damping="lm"),
+    dict(radius_test_on="next-slope", radius_scale_max=16.0, radius_opacity_scale_max=1.0, damping="lm"),
 ]
 
 
@@ -182,7 +183,9 @@ def test_state_dict_round_trip_continues_identically(curvature: str, options: di
     problem = LeastSquares(params, 8)
     resumed_params = clone(params)
     straight = _run(params, problem, 15, curvature=curvature, **options)
-    resumed = _run(resumed_params, problem, 15, curvature=curvature, resume_at=8, **options)
+    # a next-slope test is finished one step after its step: resume right after a test step (8)
+    resume_at = 9 if options.get("radius_test_on") == "next-slope" else 8
+    resumed = _run(resumed_params, problem, 15, curvature=curvature, resume_at=resume_at, **options)
     for k in params:
         assert torch.equal(params[k], resumed_params[k]), k
     assert straight.radius_control.state_dict() == resumed.radius_control.state_dict()
@@ -197,11 +200,13 @@ def tiny_scene(tmp_path_factory) -> Path:
     return make_synthetic_scene(tmp_path_factory.mktemp("scene") / "toy", size=32, n_train=6, n_test=2)
 
 
+NEXT_SLOPE = dict(tr_radius_test="next-slope", tr_radius_scale_max=16.0, tr_radius_opacity_max=1.0)
 HELD_OUT_LM = dict(tr_radius_test="held-out", tr_radius_test_views=2, tr_radius_scale_max=16.0,
                    tr_radius_opacity_max=1.0, tr_damping="lm")
 
 
-@pytest.mark.parametrize("curvature,options", [("hutchinson", {}), ("none", {}), ("hutchinson", HELD_OUT_LM)])
+@pytest.mark.parametrize("curvature,options", [("hutchinson", {}), ("none", {}), ("hutchinson", HELD_OUT_LM),
+                                                       ("none", NEXT_SLOPE)])
 def test_training_records_the_ratio_test_and_resumes_identically(tiny_scene, tmp_path, monkeypatch,
                                                                  curvature: str, options: dict) -> None:
     """A trained run writes the ratio-test record at each eval (tests since the previous eval) and
@@ -372,3 +377,32 @@ def test_damping_needs_an_adaptive_radius_and_a_curvature(tiny_scene, tmp_path) 
                 tr_damping="lm").validate()
     with pytest.raises(TrsplatError, match="--tr-damping lm needs"):
         _config(tiny_scene, tmp_path / "x", optimizer="tr", tr_damping="lm").validate()
+
+
+def test_next_slope_test_reads_the_next_gradient_along_the_step() -> None:
+    """``test_on="next-slope"``: after the test step t (s, d₀ = g·s) the rule runs at step t + 1
+    with ρ = (1 + g'·s/d₀)/2, g' the gradient at the new parameters (computed here by hand on an
+    exact quadratic); no StepLoss is needed. A too-large radius overshoots (ρ < ½): κ shrinks."""
+    params = raw_params(30, 21)
+    problem = Separable(params, 22)
+    opt = TrustRegionNewton(params, curvature="none", theta1=0.0, tr_eps=1e-1, radius="adaptive",
+                            radius_test_every=2, radius_test_on="next-slope")
+    assert not opt.ratio_test_due()
+    expected_scale = 1.0
+    for t in range(1, 9):
+        before = {k: v.detach().clone() for k, v in params.items()}
+        grads = torch.autograd.grad(problem.loss(params), list(params.values()))
+        problem.loss(params).backward()
+        opt.step()
+        if t % 2 == 0:
+            s = {k: params[k].detach().double() - before[k].double() for k in params}
+            d0 = sum(float((g.double() * s[k]).sum()) for g, k in zip(grads, params))
+            g_next = torch.autograd.grad(problem.loss(params), list(params.values()))
+            d1 = sum(float((g.double() * s[k]).sum()) for g, k in zip(g_next, params))
+            rho = (1 + d1 / d0) / 2
+        if t % 2 == 1 and t > 1:
+            assert opt.radius_control.last_rho == pytest.approx(rho, rel=1e-4, abs=1e-7)
+            expected_scale *= R.SHRINK if rho < R.SLOPE_THRESHOLD else R.GROW
+            assert opt.radius_control.scale == expected_scale
+        opt.zero_grad()
+    assert expected_scale < 1.0  # ε = 0.1 overshoots this quadratic

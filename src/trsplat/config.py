@@ -111,8 +111,9 @@ class OptimizerConfig:
     tr_radius_test: str = opt("step", "tr with --tr-radius adaptive: where the ratio test measures the actual "
                               "decrease: step (the step's own views; model from the step's gradient) or held-out "
                               "(--tr-radius-test-views other training views drawn by the optimizer, two forward "
-                              "renders each; model from the gradient EMA); docs/optimizer.md",
-                              choices=("step", "held-out"))
+                              "renders each; model from the gradient EMA) or next-slope (no render: the next "
+                              "step's gradient along the step, shrink on overshoot); docs/optimizer.md",
+                              choices=("step", "held-out", "next-slope"))
     tr_radius_test_views: int = opt(1, "tr with --tr-radius-test held-out: training views per ratio test", lo=1)
     tr_radius_scale_max: float = opt(1024.0, "tr with --tr-radius adaptive: the factor kappa on eps stays in "
                                      "[1/max, max]", lo=1)

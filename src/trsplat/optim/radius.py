@@ -23,7 +23,10 @@ of the step's gradient; ``scale_max`` (κ ∈ [1/scale_max, scale_max]); ``opaci
 (the opacity radius uses min(κ, opacity_scale_max)); ``damping="lm"`` (Levenberg–Marquardt:
 the Newton step divides by max(D̂, 0) + μ·mean(max(D̂, 0)) per tensor, μ ×``LM_GROW`` when κ
 shrinks, ×``LM_DECAY`` when ρ > ``GROW_ABOVE``, μ ∈ [``LM_MIN``, ``LM_MAX``], starting at
-``LM_START``).
+``LM_START``). ``test_on="next-slope"`` needs no render: on a test step it keeps the applied
+step s and d₀ = g·s (the step's own gradient g), and at the next step, with that step's raw gradient
+g' (another view, at the new parameters), sets q = g'·s / d₀ and ρ = (1 + q)/2, the value a
+quadratic along s would give; κ shrinks when ρ < ``SLOPE_THRESHOLD`` and grows above it.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ import torch
 from torch import Tensor
 
 RADIUS_MODES = ("fixed", "adaptive")
-TEST_VIEWS = ("step", "held-out")
-"""Where the ratio test measures: the step's own view(s), or other training view(s)."""
+TEST_VIEWS = ("step", "held-out", "next-slope")
+"""Where the ratio test measures: the step's own view(s), other training view(s), or the slope of
+the next step's view at the end of the step (no render)."""
 DAMPINGS = ("none", "lm")
 """Damping of the Newton step tied to the ratio test: none, or Levenberg–Marquardt."""
 
@@ -64,6 +68,10 @@ LM_DECAY = 0.5
 LM_MIN = 2.0 ** -10
 LM_MAX = 2.0 ** 10
 """μ stays in [2⁻¹⁰, 2¹⁰]."""
+SLOPE_THRESHOLD = 0.5
+"""``test_on="next-slope"``: ρ = (1 + q)/2 with q the slope ratio; κ shrinks below this value
+(q < 0: the next view's loss rises along the step at its end, the step overshot) and grows above
+it (q > 0: still descending), instead of ``SHRINK_BELOW`` / ``GROW_ABOVE``."""
 HELD_OUT_SEED_OFFSET = 104_729
 """The held-out views' generator is seeded with ``seed + HELD_OUT_SEED_OFFSET`` (apart from the
 curvature's ``seed + 7919``, so the curvature probes do not depend on the test's draws)."""
@@ -167,15 +175,17 @@ class AdaptiveRadius:
             rho = actual / predicted
             w.rho_sum += rho
             w.accepted += rho > 0
-            if rho < SHRINK_BELOW:
+            shrink_below, grow_above = (SLOPE_THRESHOLD, SLOPE_THRESHOLD) if self.test_on == "next-slope" \
+                else (SHRINK_BELOW, GROW_ABOVE)
+            if rho < shrink_below:
                 self.scale = max(self.scale * SHRINK, self.scale_min)
                 if self.damping == "lm":
                     self.damping_factor = min(self.damping_factor * LM_GROW, LM_MAX)
                 w.shrinks += 1
             else:
-                if rho > GROW_ABOVE and self.damping == "lm":
+                if rho > grow_above and self.damping == "lm":
                     self.damping_factor = max(self.damping_factor * LM_DECAY, LM_MIN)
-                if rho > GROW_ABOVE and bound_share >= BOUND_SHARE:
+                if rho > grow_above and bound_share >= BOUND_SHARE:
                     self.scale = min(self.scale * GROW, self.scale_max)
                     w.grows += 1
         else:

@@ -7,6 +7,7 @@ guards and the options: ``docs/optimizer.md``.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterator
 
 import torch
@@ -92,6 +93,7 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
             radius_test_every, test_on=radius_test_on, held_out_views=radius_held_out_views,
             scale_max=radius_scale_max, opacity_scale_max=radius_opacity_scale_max, damping=damping,
             seed=seed) if radius == "adaptive" else None
+        self._pending_slope: dict | None = None  # a next-slope test waiting for the next gradient
         # optimizer-wide, not a parameter's: the base class saves and restores it uncast
         self.state["generator"] = torch.Generator().manual_seed(seed + 7919).get_state()
 
@@ -108,13 +110,15 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
         """
         t = self._fold_gradients_step_count()
         control = self.radius_control
+        self._finish_slope_test()
         testing = control is not None and control.due(t)
-        if testing and step_loss is None:
+        slope = testing and control.test_on == "next-slope"
+        if testing and step_loss is None and not slope:
             raise ValueError(f"step {t}: a ratio test of the adaptive radius is due; pass step_loss")
         grads: dict[str, Tensor] = {}
         for group in self.param_groups:
             (p,) = group["params"]
-            if testing and p.grad is not None and control.test_on == "step":  # the model uses the step's gradient
+            if testing and p.grad is not None and control.test_on != "held-out":  # the step's own gradient
                 grads[group["name"]] = p.grad
             p.grad = None  # consumed: free it before the curvature renders (peak memory)
         if self.curvature != "none" and (t - 1) % self.interval == 0:
@@ -135,11 +139,14 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
         if not testing:
             self.trust_region.clip_and_apply(params, self._newton_steps(current, eps), eps, eps_of=eps_of)
             return
-        model = _ModelDecrease(grads if control.test_on == "step" else self._model_gradient(),
-                               self._model_curvature())
+        model = _ModelDecrease(grads if control.test_on != "held-out" else self._model_gradient(),
+                               self._model_curvature(), keep_steps=slope)
         self.trust_region.clip_and_apply(params, self._newton_steps(current, eps), eps, observe=model.observe,
                                          eps_of=eps_of)
         del grads, current
+        if slope:  # finished at the next step, with its gradient
+            self._pending_slope = {"steps": model.steps, "linear": model.linear, "bound_share": model.bound_share()}
+            return
         assert step_loss is not None and control is not None
         control.update(model.predicted, step_loss.before - float(step_loss.after()), model.bound_share())
 
@@ -147,11 +154,14 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
         state = super().state_dict()
         if self.radius_control is not None:
             state["adaptive_radius"] = self.radius_control.state_dict()
+            if self._pending_slope is not None:
+                state["adaptive_radius_pending"] = self._pending_slope
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
         radius = state_dict.pop("adaptive_radius", None)
+        self._pending_slope = state_dict.pop("adaptive_radius_pending", None)
         if (radius is None) != (self.radius_control is None):
             raise ValueError("the state_dict's radius mode (adaptive or fixed) differs from this optimizer's")
         super().load_state_dict(state_dict)
@@ -160,7 +170,7 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
 
     def ratio_test_due(self) -> bool:
         """Whether the next :meth:`step` runs the adaptive radius's ratio test (needs ``step_loss``)."""
-        if self.radius_control is None:
+        if self.radius_control is None or self.radius_control.test_on == "next-slope":
             return False
         p = self.param_groups[0]["params"][0]
         return self.radius_control.due(self.state[p].get("step", 0) + 1 if p in self.state else 1)
@@ -182,6 +192,26 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
             state["step"] += 1
             t = state["step"]  # (every parameter steps together)
         return t
+
+    def _finish_slope_test(self) -> None:
+        """``test_on="next-slope"``: the test of the previous step, from this step's raw gradients
+        g' (still in ``.grad``): d₁ = g'·s, ρ = (1 + d₁/d₀)/2 passed to the rule as predicted −d₀
+        and actual (−d₀ − d₁)/2; skipped when a parameter's shape changed (densification)."""
+        pending, self._pending_slope = self._pending_slope, None
+        if pending is None or self.radius_control is None:
+            return
+        d1 = 0.0
+        for group in self.param_groups:
+            (p,) = group["params"]
+            s = pending["steps"].get(group["name"])
+            if s is None or p.grad is None:
+                continue
+            if s.shape != p.shape:
+                d1 = math.nan  # the rule counts it as skipped
+                break
+            d1 += float((torch.nan_to_num(p.grad.double()) * s.double()).sum())
+        d0 = pending["linear"]
+        self.radius_control.update(-d0, (-d0 - d1) / 2, pending["bound_share"])
 
     def _adaptive_eps_of(self, eps: float) -> dict[str, float] | None:
         """ε per parameter where the adaptive radius gives it another factor than κ: opacity's
@@ -257,10 +287,14 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
 class _ModelDecrease:
     """Sums the predicted decrease −(g·s + ½ s·D⁺s) of the clipped steps ``s`` as the trust region
     applies them (``g``: the step's gradient, 0 where a parameter had none; ``D⁺ = max(D, 0)``),
-    in float64, and the share of moving coordinates on the bound."""
+    in float64, and the share of moving coordinates on the bound; ``linear`` is Σ g·s alone, and
+    with ``keep_steps`` a copy of each clipped step is kept in ``steps``."""
 
-    def __init__(self, grads: dict[str, Tensor], curvature: dict[str, Tensor]) -> None:
+    def __init__(self, grads: dict[str, Tensor], curvature: dict[str, Tensor], keep_steps: bool = False) -> None:
         self.grads, self.curvature = grads, curvature
+        self.keep_steps = keep_steps
+        self.steps: dict[str, Tensor] = {}
+        self.linear = 0.0
         self.predicted = 0.0
         self.on_bound = 0
         self.moving = 0
@@ -271,6 +305,9 @@ class _ModelDecrease:
         linear = float((torch.nan_to_num(g.double()) * s).sum()) if g is not None else 0.0
         quadratic = float((self.curvature[name].double().clamp_min(0.0) * s * s).sum())
         self.predicted -= linear + 0.5 * quadratic
+        self.linear += linear
+        if self.keep_steps:
+            self.steps[name] = step.detach().clone()
         self.on_bound += int(on_bound.sum())
         self.moving += int(moving.sum())
 
