@@ -300,7 +300,12 @@ def test_options_of_the_rule_caps_opacity_and_damping() -> None:
     assert torch.equal(AdaptiveRadius(damping="lm").lm_damping(d), torch.tensor([2.0, 2.0, 4.0, 8.0]))
     zero = torch.tensor([-1.0, 0.0])
     assert torch.equal(AdaptiveRadius(damping="lm").lm_damping(zero), zero)  # no positive curvature: the guard's
+    floored = AdaptiveRadius(scale_max=16.0, scale_floor=1.0)
+    for _ in range(3):
+        floored.update(1.0, 0.0, 1.0)
+    assert floored.scale == 1.0 and floored.scale_min == 1.0
     for bad in (dict(test_on="next"), dict(held_out_views=0), dict(scale_max=0.5), dict(opacity_scale_max=0.0),
+                dict(scale_floor=0.0), dict(scale_floor=2.0),
                 dict(damping="trust")):
         with pytest.raises(ValueError):
             AdaptiveRadius(**bad)

@@ -31,7 +31,7 @@ def config(**over) -> SimpleNamespace:
                   theta1=0.8, theta2=0.99, guard="abs", guard_floor=1e-10, bias_correction=True,
                   step_norm="median-radius", step_norm_quantile=0.3, tr_radius="fixed", tr_radius_test_every=10,
                   tr_radius_test="step", tr_radius_test_views=1, tr_radius_scale_max=1024.0,
-                  tr_radius_opacity_max=None, tr_damping="none")
+                  tr_radius_opacity_max=None, tr_damping="none", tr_radius_scale_min=None)
     return SimpleNamespace(**{**fields, **over}, trust_region=lambda: TR_CONFIG)
 
 
@@ -121,9 +121,11 @@ def test_build_tr_adaptive_radius() -> None:
     c = opt.radius_control
     assert (c.test_on, c.held_out_views, c.scale_max, c.opacity_scale_max, c.damping) == ("step", 1, 1024.0, None, "none")
     opt, _ = build_optimizer(config(optimizer="tr", tr_radius="adaptive", tr_radius_test="held-out", tr_radius_test_views=2,
-                                    tr_radius_scale_max=16.0, tr_radius_opacity_max=1.0, tr_damping="lm"),
+                                    tr_radius_scale_max=16.0, tr_radius_opacity_max=1.0, tr_damping="lm",
+                                    tr_radius_scale_min=1.0),
                              params(), extent=1.0, iters=10, seed=0)
     c = opt.radius_control
     assert (c.test_on, c.held_out_views, c.scale_max, c.opacity_scale_max, c.damping) == ("held-out", 2, 16.0, 1.0, "lm")
+    assert c.scale_min == 1.0
     with pytest.raises(ValueError, match="unknown radius mode"):
         build_optimizer(config(optimizer="tr", tr_radius="per-gaussian"), params(), extent=1.0, iters=10, seed=0)

@@ -117,6 +117,8 @@ class OptimizerConfig:
     tr_radius_test_views: int = opt(1, "tr with --tr-radius-test held-out: training views per ratio test", lo=1)
     tr_radius_scale_max: float = opt(1024.0, "tr with --tr-radius adaptive: the factor kappa on eps stays in "
                                      "[1/max, max]", lo=1)
+    tr_radius_scale_min: float | None = opt(None, "tr with --tr-radius adaptive: the lower bound of kappa, in "
+                                            "(0, 1] (none: 1/--tr-radius-scale-max)", lo=0, hi=1, lo_open=True)
     tr_radius_opacity_max: float | None = opt(None, "tr with --tr-radius adaptive: the opacity radius uses "
                                               "min(kappa, this) instead of kappa (none: kappa)", lo=0, lo_open=True)
     tr_damping: str = opt("none", "tr with --tr-radius adaptive and a curvature: none or lm (Levenberg-Marquardt: "

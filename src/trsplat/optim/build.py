@@ -48,6 +48,7 @@ def build_optimizer(ocfg: Any, params: dict[str, Tensor], *, extent: float, iter
         step_norm=ocfg.step_norm, step_norm_quantile=ocfg.step_norm_quantile, seed=seed,
         radius=ocfg.tr_radius, radius_test_every=ocfg.tr_radius_test_every, radius_test_on=ocfg.tr_radius_test,
         radius_held_out_views=ocfg.tr_radius_test_views, radius_scale_max=ocfg.tr_radius_scale_max,
-        radius_opacity_scale_max=ocfg.tr_radius_opacity_max, damping=ocfg.tr_damping)
+        radius_opacity_scale_max=ocfg.tr_radius_opacity_max, damping=ocfg.tr_damping,
+        radius_scale_min=ocfg.tr_radius_scale_min)
     return optimizer, [ExponentialDecay(optimizer, key="tr_eps", start=ocfg.eps_start, end=ocfg.eps_end,
                                         max_steps=iters)]

@@ -19,7 +19,8 @@ constants and measurements: ``docs/optimizer.md`` ("The adaptive radius").
 Options beyond that rule (each named, defaults = the rule above): ``test_on="held-out"`` measures
 the actual decrease on training view(s) the step was not taken on, drawn with this object's own
 generator, and predicts with the gradient EMA ĝ (the model of the whole training loss) instead
-of the step's gradient; ``scale_max`` (κ ∈ [1/scale_max, scale_max]); ``opacity_scale_max``
+of the step's gradient; ``scale_max`` and ``scale_floor`` (κ ∈ [``scale_floor`` or 1/scale_max,
+scale_max]); ``opacity_scale_max``
 (the opacity radius uses min(κ, opacity_scale_max)); ``damping="lm"`` (Levenberg–Marquardt:
 the Newton step divides by max(D̂, 0) + μ·mean(max(D̂, 0)) per tensor, μ ×``LM_GROW`` when κ
 shrinks, ×``LM_DECAY`` when ρ > ``GROW_ABOVE``, μ ∈ [``LM_MIN``, ``LM_MAX``], starting at
@@ -113,6 +114,7 @@ class AdaptiveRadius:
     held_out_views: int = 1
     scale_max: float = SCALE_MAX
     opacity_scale_max: float | None = None
+    scale_floor: float | None = None
     damping: str = "none"
     damping_factor: float = LM_START
     seed: int = 0
@@ -127,6 +129,8 @@ class AdaptiveRadius:
             raise ValueError(f"held_out_views must be >= 1, got {self.held_out_views}")
         if not (math.isfinite(self.scale_max) and self.scale_max >= 1):
             raise ValueError(f"scale_max must be finite and >= 1, got {self.scale_max}")
+        if self.scale_floor is not None and not 0 < self.scale_floor <= 1:
+            raise ValueError(f"scale_floor must lie in (0, 1] or be None, got {self.scale_floor}")
         if self.opacity_scale_max is not None and not self.opacity_scale_max > 0:
             raise ValueError(f"opacity_scale_max must be > 0 or None, got {self.opacity_scale_max}")
         if self.damping not in DAMPINGS:
@@ -136,7 +140,8 @@ class AdaptiveRadius:
 
     @property
     def scale_min(self) -> float:
-        return 1.0 / self.scale_max
+        """The lower bound of κ: ``scale_floor``, or 1/``scale_max`` when that is None."""
+        return 1.0 / self.scale_max if self.scale_floor is None else self.scale_floor
 
     def due(self, step: int) -> bool:
         """A test at steps t ≡ 0 (mod ``test_every``) (never with a curvature refresh at

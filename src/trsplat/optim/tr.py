@@ -57,7 +57,7 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
     :class:`~trsplat.optim.radius.AdaptiveRadius`, ratio test every ``radius_test_every`` steps;
     its state travels in ``state_dict`` under ``"adaptive_radius"``); ``"fixed"`` (the paper) uses
     ε as scheduled and has ``radius_control = None``. The adaptive radius's options
-    (``radius_test_on``, ``radius_held_out_views``, ``radius_scale_max``,
+    (``radius_test_on``, ``radius_held_out_views``, ``radius_scale_max``, ``radius_scale_min`` (its ``scale_floor``),
     ``radius_opacity_scale_max``, ``damping``) are those of
     :class:`~trsplat.optim.radius.AdaptiveRadius` (``test_on``, ``held_out_views``, ...).
     """
@@ -68,7 +68,8 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
                  bias_correction: bool = False, step_norm: str = "none", step_norm_quantile: float = 0.5,
                  seed: int = 0, radius: str = "fixed", radius_test_every: int = 10, radius_test_on: str = "step",
                  radius_held_out_views: int = 1, radius_scale_max: float = SCALE_MAX,
-                 radius_opacity_scale_max: float | None = None, damping: str = "none") -> None:
+                 radius_opacity_scale_max: float | None = None, damping: str = "none",
+                 radius_scale_min: float | None = None) -> None:
         if guard not in GUARDS:
             raise ValueError(f"unknown guard {guard!r}; choose {', '.join(GUARDS)}")
         if step_norm not in STEP_NORMS:
@@ -92,6 +93,7 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
         self.radius_control = AdaptiveRadius(
             radius_test_every, test_on=radius_test_on, held_out_views=radius_held_out_views,
             scale_max=radius_scale_max, opacity_scale_max=radius_opacity_scale_max, damping=damping,
+            scale_floor=radius_scale_min,
             seed=seed) if radius == "adaptive" else None
         self._pending_slope: dict | None = None  # a next-slope test waiting for the next gradient
         # optimizer-wide, not a parameter's: the base class saves and restores it uncast
