@@ -9,7 +9,9 @@ from trsplat.bench.study import spec as sp
 def test_adaptive_preset_expands_to_the_issue_variants(tmp_path) -> None:
     spec = sp.load_spec(preset="adaptive", data_root=tmp_path)
     assert set(spec.variants) == {"adam", "tr-hutchinson-paper", "tr-none-paper-printed-bounds",
-                                  "tr-hutchinson-paper-adaptive", "tr-gnb-paper-adaptive", "tr-none-paper-adaptive"}
+                                  "tr-hutchinson-paper-adaptive-cap16-op1", "tr-gnb-paper-adaptive-cap16-op1",
+                                  "tr-none-paper-adaptive-cap16-op1", "tr-hutchinson-paper-adaptive-slope-cap16-op1",
+                                  "tr-none-paper-adaptive-slope-cap16-op1"}
     assert set(spec.scenes) == {"nerf_synthetic_chair", "colmap_bird", "synthetic"}
     assert (spec.iters, spec.seeds, spec.reference) == (7000, [0, 1, 2], "adam")
     assert spec.eval_iterations() == [700 * k for k in range(1, 11)]
@@ -25,13 +27,22 @@ def test_adaptive_preset_expands_to_the_issue_variants(tmp_path) -> None:
         assert (best_fixed.curvature, best_fixed.tr_radius, best_fixed.tr_bounds, best_fixed.tr_split_budget) == \
             ("none", "fixed", "paper", False)
         for curvature in ("hutchinson", "gnb", "none"):
-            o = cfg[f"tr-{curvature}-paper-adaptive"].optim
+            o = cfg[f"tr-{curvature}-paper-adaptive-cap16-op1"].optim
             assert (o.optimizer, o.curvature, o.tr_radius, o.tr_bounds, o.eps_start, o.eps_end) == \
                 ("tr", curvature, "adaptive", "kernel", 1e-6, 1e-8)
-            assert o.tr_radius_test_every == 10
-            cfg[f"tr-{curvature}-paper-adaptive"].validate()
-    # the curvature gain of each adaptive variant is measured against the adaptive no-curvature control
+            assert (o.tr_radius_test, o.tr_radius_test_every, o.tr_radius_scale_max, o.tr_radius_scale_min,
+                    o.tr_radius_opacity_max, o.tr_damping) == ("step", 10, 16.0, None, 1.0, "none")
+            cfg[f"tr-{curvature}-paper-adaptive-cap16-op1"].validate()
+        for curvature in ("hutchinson", "none"):
+            o = cfg[f"tr-{curvature}-paper-adaptive-slope-cap16-op1"].optim
+            assert (o.curvature, o.tr_radius, o.tr_radius_test, o.tr_radius_scale_max, o.tr_radius_opacity_max) == \
+                (curvature, "adaptive", "next-slope", 16.0, 1.0)
+    # the curvature gain of each adaptive variant is measured against its own no-curvature control
     for curvature in ("hutchinson", "gnb"):
-        assert agg.curvature_partner(spec, f"tr-{curvature}-paper-adaptive") == "tr-none-paper-adaptive"
-    assert spec.variants["tr-gnb-paper-adaptive"].meta == {"optimizer": "tr", "curvature": "gnb", "eps": "paper",
-                                                           "ablation": "tr_radius=adaptive"}
+        assert agg.curvature_partner(spec, f"tr-{curvature}-paper-adaptive-cap16-op1") == \
+            "tr-none-paper-adaptive-cap16-op1"
+    assert agg.curvature_partner(spec, "tr-hutchinson-paper-adaptive-slope-cap16-op1") == \
+        "tr-none-paper-adaptive-slope-cap16-op1"
+    assert spec.variants["tr-gnb-paper-adaptive-cap16-op1"].meta == {
+        "optimizer": "tr", "curvature": "gnb", "eps": "paper",
+        "ablation": "tr_radius=adaptive,tr_radius_opacity_max=1.0,tr_radius_scale_max=16.0"}

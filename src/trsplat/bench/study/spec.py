@@ -397,18 +397,27 @@ def _densify_variants() -> dict[str, dict[str, Any]]:
     return variants
 
 
+ADAPTIVE_BEST = dict(tr_radius="adaptive", tr_radius_scale_max=16.0, tr_radius_opacity_max=1.0)
+"""The adaptive radius's setting of the ``adaptive`` preset (docs/optimizer_study.md, session 15):
+κ ∈ [1/16, 16] and the opacity radius at most the published one, same-view ratio test."""
+
+
 def _adaptive_variants() -> dict[str, dict[str, Any]]:
     """Issue #24: adam, tr as published, the best fixed setting so far (the printed bounds without
-    curvature) and the adaptive radius (``tr_radius=adaptive``, docs/optimizer.md) on the published
-    trust region with each curvature estimator; ``tr-none-paper-adaptive`` is the no-curvature
-    control that ``curvature_gain`` pairs the other two with."""
+    curvature) and the adaptive radius (docs/optimizer.md) on the published trust region:
+    ``ADAPTIVE_BEST`` with each curvature estimator (``tr-none-paper-adaptive-cap16-op1`` is the
+    no-curvature control that ``curvature_gain`` pairs the others with) and the next-slope test
+    with the same caps, with Hutchinson and its control."""
+    slope = dict(ADAPTIVE_BEST, tr_radius_test="next-slope")
     return {
         "adam": _variant_entry("adam"),
         "tr-hutchinson-paper": _variant_entry("tr", "hutchinson", "paper"),
         "tr-none-paper-printed-bounds": _variant_entry("tr", "none", "paper", tr_bounds="paper",
                                                        tr_split_budget=False),
-        **{f"tr-{c}-paper-adaptive": _variant_entry("tr", c, "paper", tr_radius="adaptive")
+        **{f"tr-{c}-paper-adaptive-cap16-op1": _variant_entry("tr", c, "paper", **ADAPTIVE_BEST)
            for c in ("hutchinson", "gnb", "none")},
+        **{f"tr-{c}-paper-adaptive-slope-cap16-op1": _variant_entry("tr", c, "paper", **slope)
+           for c in ("hutchinson", "none")},
     }
 
 
@@ -458,8 +467,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "variants": _densify_variants(),
     },
     "adaptive": {
-        "description": "issue #24: adam, tr as published, tr-none-paper-printed-bounds and the adaptive radius with "
-                       "hutchinson, gnb and none (its no-curvature control), on chair, bird and the synthetic "
+        "description": "issue #24: adam, tr as published, tr-none-paper-printed-bounds and the adaptive radius "
+                       "(kappa in [1/16, 16], opacity radius at most the published one) with hutchinson, gnb and "
+                       "none (its no-curvature control), and with the next-slope test (hutchinson, none), on "
+                       "chair, bird and the synthetic "
                        "scene, 3 seeds, 7000 iterations, eval every 10 %",
         **_PAPER_PROTOCOL, "iters": 7000, "table_fractions": [0.4, 0.5, 1.0],
         "variants": _adaptive_variants(),
