@@ -26,6 +26,10 @@ def test_profile_of_training_steps(tiny_scene):
         assert sum(r[k] for k in TOP_PARTS) <= r["s_per_it"] * 1.001
         assert r["render_s"] > 0 and r["backward_s"] > 0 and r["optimizer_step_s"] > 0
         assert r["composite_forward_s"] > 0 and r["project_backward_s"] > 0
+    # adam renders once per step: the projection, binning and compositing forwards are disjoint
+    # pieces of that render (the projection's VJP, also a torch Function "forward", is not one)
+    assert adam["project_forward_s"] + adam["binning_s"] + adam["composite_forward_s"] <= adam["render_s"] * 1.001
+    assert adam["project_backward_s"] + adam["composite_backward_s"] <= adam["backward_s"] * 1.001
     # only tr refreshes curvature (once in these 10 steps: t = 3011) and only it clips
     assert adam["curvature_s"] == 0 and adam["trust_region_s"] == 0
     assert tr["curvature_s"] > 0 and tr["trust_region_s"] > 0

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import importlib
 import json
 import pstats
 import subprocess
@@ -57,7 +58,9 @@ TOP_PARTS = {
 INNER_PARTS = {
     "curvature_s": ("trsplat/optim/curvature", "estimate"),
     "trust_region_s": ("trsplat/optim/hellinger", "clip_step"),
-    "project_forward_s": ("render/cpu_project", "forward"),
+    # (the VJP and JVP kernels of the projection are torch Functions named "forward" in the same
+    # file: only the line of the primal's forward counts)
+    "project_forward_s": ("render/cpu_project", "forward", "trsplat.render.cpu_project:_ProjectCPU.forward"),
     "binning_s": ("render/tiles", "bin_splats"),
     "composite_forward_s": ("render/composite_autograd", "composite_native"),
     "composite_backward_s": ("render/composite_autograd", "backward"),
@@ -110,10 +113,11 @@ def profile_training(data: str, optimizer: str, *, downscale: int = 4, n_random_
         wall = (time.perf_counter() - t0) / iters
     stats = pstats.Stats(prof).stats
 
-    def cum(file_part: str, name: str, caller: tuple[str, str] | None = None) -> float:
+    def cum(file_part: str, name: str, function: str | None = None, caller: tuple[str, str] | None = None) -> float:
+        line = _first_line(function) if function is not None else None
         total = 0.0
-        for (file, _, func), (_, _, _, ct, callers) in stats.items():
-            if file_part not in file or func != name:
+        for (file, first_line, func), (_, _, _, ct, callers) in stats.items():
+            if file_part not in file or func != name or line not in (None, first_line):
                 continue
             if caller is None:
                 total += ct
@@ -132,6 +136,15 @@ def profile_training(data: str, optimizer: str, *, downscale: int = 4, n_random_
     out["rss_after_load_bytes"] = rss_loaded
     out["peak_rss_bytes"] = _rss("VmHWM")
     return out
+
+
+def _first_line(function: str) -> int:
+    """First line of ``"module:Class.function"``'s code, as cProfile keys it."""
+    module, path = function.split(":")
+    obj: Any = importlib.import_module(module)
+    for attr in path.split("."):
+        obj = getattr(obj, attr)
+    return obj.__code__.co_firstlineno
 
 
 def _run_isolated(task: dict[str, Any]) -> dict[str, Any]:
