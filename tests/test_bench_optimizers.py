@@ -494,13 +494,20 @@ VOLATILE = ("generated", "command", "aggregated_on", "plots")  # when, how and w
 
 
 def test_every_committed_run_config_loads() -> None:
-    """The flat ``config.json`` of earlier versions still loads, with every option it names kept."""
+    """Every committed ``config.json`` loads with every option it names kept: the flat ones of
+    earlier versions and the nested ones of the current version."""
     paths = sorted(RESULTS.glob("**/runs/**/config.json"))
     assert paths
     for path in paths:
         stored = json.loads(path.read_text())
-        flat = TrainConfig.from_dict(stored).flat()
-        assert {k: flat[RENAMED.get(k, k)] for k in stored} == stored, path
+        config = TrainConfig.from_dict(stored)
+        if any(isinstance(v, dict) for v in stored.values()):  # options added since get their defaults
+            loaded = config.to_dict()
+            assert {k: ({o: loaded[k][o] for o in v} if isinstance(v, dict) else loaded[k])
+                    for k, v in stored.items()} == stored, path
+        else:
+            flat = config.flat()
+            assert {k: flat[RENAMED.get(k, k)] for k in stored} == stored, path
 
 
 @pytest.mark.parametrize("study", COMMITTED, ids=[p.name for p in COMMITTED])
