@@ -3,7 +3,8 @@
 ``collect STUDY DEST``: copy each run's ``config.json``, ``metrics.json`` and ``curves.json`` from a
 ``trsplat bench optimizers`` study folder to ``DEST/runs/<scene>/<variant>/seed<k>/`` and add
 ``final_opacity.json`` (count, dead = opacity <= 0.005, alive = opacity >= 1/255) read from the
-run's ``point_cloud.ply``, which is not committed.
+run's ``point_cloud.ply`` (or, for a run that stopped, its last ``checkpoint.pt``); neither is
+committed.
 
 ``table DEST``: print the Markdown tables: per run, the evaluations, the final and peak Gaussian
 count, the dead share and s/it; per (scene, strategy), tr minus adam at the end and the iteration
@@ -22,6 +23,8 @@ ALPHA_MIN = 1.0 / 255.0  # the compositing threshold (Gaussians.count_alive)
 
 
 def collect(study: Path, dest: Path) -> None:
+    import torch
+
     from trsplat.gaussians import load_ply
 
     for metrics in sorted(study.glob("runs/*/*/seed*/metrics.json")):
@@ -31,11 +34,17 @@ def collect(study: Path, dest: Path) -> None:
         for name in ("config.json", "metrics.json", "curves.json"):
             if (run / name).is_file():
                 shutil.copyfile(run / name, out / name)
+        record = None
         if (run / "point_cloud.ply").is_file():
             opacity = load_ply(run / "point_cloud.ply").opacities.detach()
-            record = {"n_gaussians": int(opacity.numel()),
-                      "dead": int((opacity <= DEAD_OPACITY).sum()),
-                      "alive": int((opacity >= ALPHA_MIN).sum())}
+            record = {"source": "point_cloud.ply"}
+        elif (run / "checkpoint.pt").is_file():  # a run that stopped: its last checkpoint
+            ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+            opacity = torch.sigmoid(ckpt["params"]["opacity_logits"].detach()).flatten()
+            record = {"source": f"checkpoint.pt, iteration {ckpt['iteration']}"}
+        if record is not None:
+            record.update(n_gaussians=int(opacity.numel()), dead=int((opacity <= DEAD_OPACITY).sum()),
+                          alive=int((opacity >= ALPHA_MIN).sum()))
             (out / "final_opacity.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
