@@ -518,3 +518,11 @@ def test_reaggregating_a_committed_study_reproduces_its_results(study: Path, tmp
     committed, again = (json.loads((p / "results.json").read_text()) for p in (study, out))
     assert {k: v for k, v in again.items() if k not in VOLATILE} == \
         {k: v for k, v in committed.items() if k not in VOLATILE}
+
+
+def test_set_overrides_scene_options_and_refuses_variant_options(tmp_path) -> None:
+    out = tmp_path / "study"
+    spec = study_cli.resolve_spec(_args(out, preset="densify", set="cap_max=1234", data_root=tmp_path))
+    assert {spec.run_config(s, "adam+mcmc", 0, out).strategy.cap_max for s in spec.scenes} == {1234}
+    with pytest.raises(TrsplatError, match="--set densify: the variants .* set it themselves"):
+        study_cli.resolve_spec(_args(out, preset="densify", set="densify=adc", data_root=tmp_path))

@@ -84,7 +84,14 @@ def resolve_spec(args: argparse.Namespace) -> StudySpec:
     extra = _parse_set(args.set)
     if extra:
         check_overrides(extra, "--set", forbidden=RUN_KEYS)
+        for key in extra:  # a variant's own options are what the study compares: not overridable here
+            defining = sorted(v for v, variant in spec.variants.items() if key in variant.overrides)
+            if defining:
+                raise TrsplatError(f"--set {key}: the variants {', '.join(defining)} set it themselves; "
+                                   "change it in a spec file (--spec)")
         spec.common.update(extra)
+        for scene in spec.scenes.values():  # the command line wins over the scenes' options (e.g. cap_max)
+            scene.options.update({k: v for k, v in extra.items() if k in scene.options})
     spec.validate()
     return spec
 
@@ -104,7 +111,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-fraction", type=float, default=None,
                         help="evaluate every this fraction of the run (spec default 0.1)")
     parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
-                        help="TrainConfig option for every run, e.g. --set backend=cpu (repeatable)")
+                        help="TrainConfig option for every run, e.g. --set backend=cpu (repeatable); it replaces "
+                             "the scenes' own value (e.g. cap_max) and may not name an option a variant sets")
     parser.add_argument("--data-root", default=None,
                         help=f"folder of the preset datasets (default: ${DATA_ENV})")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default 1)")
