@@ -223,18 +223,20 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
             return None
         return {"opacity_logits": eps * control.opacity_scale()}
 
+    def _corrected(self, group: dict) -> tuple[Tensor, Tensor]:
+        """(ĝ, D̂) of a param group as the Newton step reads them: the EMAs, bias-corrected when
+        that is on."""
+        state = self.state[group["params"][0]]
+        g_hat, d_hat = state["grad_ema"], state["curv_ema"]
+        if group["bias_correction"]:
+            g_hat = g_hat / (1 - group["theta1"] ** state["step"])
+            d_hat = d_hat / (1 - group["theta2"] ** max(state["curvature_updates"], 1))
+        return g_hat, d_hat
+
     def _model_gradient(self) -> dict[str, Tensor]:
-        """g of a held-out ratio test's model: the gradient EMA ĝ as the Newton step reads it
-        (bias-corrected when that is on), the model of the whole training loss."""
-        out = {}
-        for group in self.param_groups:
-            (p,) = group["params"]
-            state = self.state[p]
-            g_hat = state["grad_ema"]
-            if group["bias_correction"]:
-                g_hat = g_hat / (1 - group["theta1"] ** state["step"])
-            out[group["name"]] = g_hat
-        return out
+        """g of a held-out ratio test's model: the gradient EMA ĝ as the Newton step reads it,
+        the model of the whole training loss."""
+        return {group["name"]: self._corrected(group)[0] for group in self.param_groups}
 
     def _damped(self, d_hat: Tensor) -> Tensor:
         """D̂ as the Newton step divides by it: Levenberg–Marquardt damped with ``damping="lm"``."""
@@ -245,16 +247,8 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
 
     def _model_curvature(self) -> dict[str, Tensor]:
         """D of the ratio test's model per parameter: the curvature EMA as the Newton step reads
-        it (bias-corrected when that is on), unscaled; D⁺ = max(D, 0) is taken when summing."""
-        out = {}
-        for group in self.param_groups:
-            (p,) = group["params"]
-            state = self.state[p]
-            d_hat = state["curv_ema"]
-            if group["bias_correction"]:
-                d_hat = d_hat / (1 - group["theta2"] ** max(state["curvature_updates"], 1))
-            out[group["name"]] = d_hat
-        return out
+        it, unscaled; D⁺ = max(D, 0) is taken when summing."""
+        return {group["name"]: self._corrected(group)[1] for group in self.param_groups}
 
     def _update_curvature(self, diag: dict[str, Tensor]) -> None:
         """D̂ ← θ₂ D̂ + (1 − θ₂) D, NaN → 0 (``diag`` is the estimator's own: cleaned in place)."""
@@ -272,12 +266,7 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
         and, for ``step_norm="median-radius"``, scaled so that the ``step_norm_quantile`` of
         |Δ|/radius at ``current`` is 1 (``docs/optimizer.md``)."""
         for group in self.param_groups:
-            (p,) = group["params"]
-            state = self.state[p]
-            g_hat, d_hat = state["grad_ema"], state["curv_ema"]
-            if group["bias_correction"]:
-                g_hat = g_hat / (1 - group["theta1"] ** state["step"])
-                d_hat = d_hat / (1 - group["theta2"] ** max(state["curvature_updates"], 1))
+            g_hat, d_hat = self._corrected(group)
             step = guarded_newton_step(g_hat, self._damped(d_hat), group["guard"], group["guard_floor"])
             del g_hat, d_hat
             if group["step_norm"] == "median-radius":
