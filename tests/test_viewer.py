@@ -352,7 +352,7 @@ class Command:
                 break
         raise AssertionError(f"no viewer address; output so far:\n{self.output}")
 
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 60.0) -> tuple[int, str]:
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 180.0) -> tuple[int, str]:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         out, err = self.proc.communicate(timeout=timeout)
