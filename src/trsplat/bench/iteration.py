@@ -18,9 +18,10 @@ The breakdown is wall time per iteration. Top level, as called by ``Trainer.trai
 ``densify_s`` (the strategy's ``step_post_backward``: statistics, noise, regularisers and the
 refinements that fall into the timed steps), ``optimizer_step_s`` (for ``tr`` it includes
 ``curvature_s``, the JVP render + backward of the Hutchinson/GNB estimate, and for both
-trust-region optimizers ``trust_region_s``, the Hellinger radii and clip) and ``other_s`` (view sampling, PSNR bookkeeping, ``zero_grad``). Kernel level,
-summed over every render of the iteration (the curvature's included): ``project_forward_s``,
-``binning_s``, ``composite_forward_s``, ``composite_backward_s``, ``project_backward_s``.
+trust-region optimizers ``trust_region_s``, the Hellinger radii and clip) and ``other_s`` (view
+sampling, PSNR bookkeeping, ``zero_grad``). Kernel level, summed over every render of the
+iteration (the curvature's included): ``project_forward_s``, ``binning_s``,
+``composite_forward_s``, ``composite_backward_s``, ``project_backward_s``.
 
 The per-optimizer ratios ``s_per_it / adam`` and ``peak_rss / adam`` are the budgets of issue 5.
 """
