@@ -333,8 +333,11 @@ class Command:
     """``trsplat ...`` in a subprocess, waiting for the line with the viewer's address."""
 
     def __init__(self, *argv: str) -> None:
+        # started with SIGINT ignored, as a background job of a script starts it: Ctrl-C (SIGINT)
+        # must still stop the command
         self.proc = subprocess.Popen([sys.executable, "-c", CODE, *argv], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                     stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
         self.output = ""
 
     def wait_for_url(self, timeout: float = 120.0) -> str:
@@ -352,7 +355,7 @@ class Command:
                 break
         raise AssertionError(f"no viewer address; output so far:\n{self.output}")
 
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 180.0) -> tuple[int, str]:
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 60.0) -> tuple[int, str]:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         out, err = self.proc.communicate(timeout=timeout)

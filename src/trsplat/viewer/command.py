@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from pathlib import Path
@@ -26,6 +27,10 @@ def view(target: str | Path, *, host: str = "127.0.0.1", port: int = 8080, rende
          resolution: int = 256, max_splats: int | None = None, backend: str = "auto") -> int:
     """Serve ``target`` (a run folder or a 3DGS PLY); prints the address and blocks until Ctrl-C.
     The page opens as soon as the Gaussians are loaded; the cameras follow."""
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C/SIGINT stops the viewer even when it was started with SIGINT ignored (a background
+        # job of a non-interactive shell), where Python installs no KeyboardInterrupt handler
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     scene = load_gaussians(target)
     viewer = SceneViewer(host=host, port=port, title=f"trsplat view {scene.name}", renderer=renderer,
                          resolution=resolution, max_splats=max_splats, backend=backend,
