@@ -133,10 +133,10 @@ def _load_run(run_dir: str):
 def cmd_eval(args: argparse.Namespace) -> int:
     from trsplat.io_utils import write_json
     from trsplat.render.backends import resolve_backend
-    from trsplat.training import RunDir, active_sh_degree, evaluate, prepare
+    from trsplat.training import RunDir, active_sh_degree, evaluate, load_training_scene
 
     cfg, ckpt, gaussians = _load_run(args.run)
-    scene, _ = prepare(cfg)
+    scene = load_training_scene(cfg)
     iteration = ckpt["iteration"]
     metrics = evaluate(gaussians, scene.test, sh_degree=active_sh_degree(iteration, cfg),
                        background=scene.background, backend=resolve_backend(args.backend), lpips=args.lpips)
@@ -151,10 +151,10 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     from trsplat.render import render
     from trsplat.render.backends import resolve_backend
-    from trsplat.training import RunDir, active_sh_degree, prepare, save_render_pair
+    from trsplat.training import RunDir, active_sh_degree, load_training_scene, save_render_pair
 
     cfg, ckpt, gaussians = _load_run(args.run)
-    scene, _ = prepare(cfg)
+    scene = load_training_scene(cfg)
     frames = scene.test if args.split == "test" else scene.train
     views = args.views if args.views else list(range(len(frames)))
     bad = [v for v in views if not 0 <= v < len(frames)]

@@ -83,20 +83,21 @@ def profile_training(data: str, optimizer: str, *, downscale: int = 4, n_random_
 
     from trsplat.config import TrainConfig
     from trsplat.gaussians import load_ply
-    from trsplat.training import Trainer, prepare
+    from trsplat.training import Trainer, load_training_scene, prepare
 
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig.make(data=data, out=out, optimizer=optimizer, downscale=downscale,
                                n_random_init=n_random_init, backend=backend, seed=seed,
-                               iters=start_iteration + warmup + iters, eval_at=[])
+                               iters=start_iteration + warmup + iters, eval_at=[], densify=densify,
+                               densify_steps_scale=densify_steps_scale)
         cfg.validate()
         torch.manual_seed(seed)
-        scene, gaussians = prepare(cfg)
-        if ply is not None:
-            gaussians = load_ply(ply)
+        if ply is None:
+            scene, gaussians = prepare(cfg)
+        else:
+            scene, gaussians = load_training_scene(cfg), load_ply(ply)
         if densify != "none":
-            cfg = TrainConfig.make(**{**cfg.flat(), "densify": densify, "densify_steps_scale": densify_steps_scale,
-                                      "cap_max": cap_max or len(gaussians)})
+            cfg.strategy.cap_max = cap_max or len(gaussians)  # mcmc's budget (adc ignores it)
             cfg.validate()
         trainer = Trainer(cfg, scene, gaussians)
         rss_loaded = _rss("VmRSS")

@@ -299,8 +299,8 @@ class _ModelDecrease:
         self.linear += linear
         if self.keep_steps:
             self.steps[name] = step.detach().clone()
-        self.on_bound += int(on_bound.sum())
-        self.moving += int(moving.sum())
+        self.on_bound += int(torch.count_nonzero(on_bound))
+        self.moving += int(torch.count_nonzero(moving))
 
     def bound_share(self) -> float:
         return self.on_bound / self.moving if self.moving else 0.0

@@ -487,16 +487,24 @@ RESUME_EXTENDABLE = ("iters", "eval_at", "checkpoint_every", "n_saved_renders", 
 """Options ``--resume`` may change: the run continues with the new values."""
 
 
-def prepare(cfg: TrainConfig):
-    """Load the scene and the initial Gaussians for ``cfg``."""
-    from trsplat.data.scene import detect_format, init_gaussians, load_scene
+def load_training_scene(cfg: TrainConfig):
+    """Load the scene (views, cameras, SfM points) of ``cfg``, without initial Gaussians."""
+    from trsplat.data.scene import detect_format, load_scene
 
     s = cfg.scene
     background = s.background
     if background == "auto":  # 3DGS: black unless the capture has alpha (Blender/ngp: white)
         background = "black" if detect_format(s.data)[0] == "colmap" else "white"
-    scene = load_scene(s.data, downscale=s.downscale, background=background,
-                       llffhold=s.llffhold, max_test_views=s.max_test_views)
+    return load_scene(s.data, downscale=s.downscale, background=background,
+                      llffhold=s.llffhold, max_test_views=s.max_test_views)
+
+
+def prepare(cfg: TrainConfig):
+    """Load the scene and the initial Gaussians for ``cfg``."""
+    from trsplat.data.scene import init_gaussians
+
+    s = cfg.scene
+    scene = load_training_scene(cfg)
     _check_memory(s.n_random_init if s.init != "sfm" else 0)
     gaussians = init_gaussians(scene, n_random=s.n_random_init, init_box=s.init_box, seed=cfg.seed, init=s.init)
     return scene, gaussians
