@@ -26,7 +26,7 @@ def config(**over) -> SimpleNamespace:
     """An object with the optimizer fields of TrainConfig and ``trust_region()``."""
     fields = dict(optimizer="adam", lr_means=1.6e-4, lr_means_final=1.6e-6, lr_means_max_steps=30_000,
                   lr_sh_dc=2.5e-3, lr_sh_rest=2.5e-3 / 20, lr_opacity=0.025, lr_scale=5e-3, lr_rotation=1e-3,
-                  adam_eps=1e-15, adam_beta1=0.9, adam_beta2=0.999, eps_start=1e-6, eps_end=1e-8, curvature="gnb",
+                  adam_eps=1e-15, adam_beta1=0.9, adam_beta2=0.999, adam_impl="fused", eps_start=1e-6, eps_end=1e-8, curvature="gnb",
                   curvature_interval=7, n_probes=1,
                   theta1=0.8, theta2=0.99, guard="abs", guard_floor=1e-10, bias_correction=True,
                   step_norm="median-radius", step_norm_quantile=0.3, tr_radius="fixed", tr_radius_test_every=10,
@@ -72,9 +72,16 @@ def test_build_adam(max_steps) -> None:
     assert groups(opt, "lr") == {"means": 1.6e-4 * 2.5, "sh_dc": 2.5e-3, "sh_rest": 2.5e-3 / 20, "opacity_logits": 0.025,
                                  "log_scales": 5e-3, "quats": 1e-3}
     assert opt.defaults["eps"] == 1e-15
+    assert opt.defaults["fused"] is True  # adam_impl="fused"
     for s in schedulers:
         s.step(400)
     assert groups(opt, "lr")["means"] == exponential_decay(400, 1.6e-4 * 2.5, 1.6e-6 * 2.5, max_steps or 700)
+
+
+def test_build_adam_single_tensor() -> None:
+    """--adam-impl single-tensor: torch's per-op Adam (neither fused nor foreach)."""
+    opt, _ = build_optimizer(config(adam_impl="single-tensor"), params(), extent=1.0, iters=10, seed=0)
+    assert not opt.defaults["fused"] and not opt.defaults["foreach"]
 
 
 @pytest.mark.parametrize("max_steps", [30_000, None])

@@ -125,15 +125,17 @@ def test_adam_and_adam_tr_fit_least_squares() -> None:
             assert opt.trust_region.stats.fractions()["means"] > 0.1
 
 
-def test_gaussian_adam_is_torch_adam() -> None:
-    """GaussianAdam with the position-lr schedule equals torch.optim.Adam with the same groups and
-    the lr set by hand, bit for bit."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_gaussian_adam_is_torch_adam(fused: bool) -> None:
+    """GaussianAdam with the position-lr schedule equals torch.optim.Adam (single-tensor or fused)
+    with the same groups and the lr set by hand, bit for bit."""
     params = raw_params(40, 4)
     problem = LeastSquares(params, 5)
     ref_params = clone(params)
-    opt = GaussianAdam(params, LRS, eps=1e-15)
+    opt = GaussianAdam(params, LRS, eps=1e-15, fused=fused)
     decay = ExponentialDecay(opt, key="lr", group="means", start=1e-2, end=1e-4, max_steps=20)
-    ref = torch.optim.Adam([{"params": [ref_params[k]], "lr": lr} for k, lr in LRS.items()], lr=0.0, eps=1e-15)
+    ref = torch.optim.Adam([{"params": [ref_params[k]], "lr": lr} for k, lr in LRS.items()], lr=0.0, eps=1e-15,
+                           fused=fused or None)
     for t in range(1, 26):
         problem.backward(params)
         problem.backward(ref_params)

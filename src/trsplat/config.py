@@ -23,6 +23,7 @@ from trsplat.strategy.build import STRATEGIES
 from trsplat.strategy.ops import STATE_POLICIES
 
 OPTIMIZERS = ("adam", "adam-tr", "tr")
+ADAM_IMPLS = ("fused", "single-tensor")
 CURVATURES = ("hutchinson", "gnb", "none")
 DENSIFY = STRATEGIES
 
@@ -82,6 +83,9 @@ class OptimizerConfig:
     adam_eps: float = opt(1e-15, "Adam epsilon", lo=0, lo_open=True)
     adam_beta1: float = opt(0.9, "Adam first-moment decay", lo=0, hi=1, hi_open=True)
     adam_beta2: float = opt(0.999, "Adam second-moment decay", lo=0, hi=1, hi_open=True)
+    adam_impl: str = opt("fused", "Adam's torch implementation: fused (one vectorised kernel over each tensor) or "
+                         "single-tensor (torch's per-op loop, the implementation before fused; the two differ by "
+                         "float rounding, docs/cpu_performance.md)", choices=ADAM_IMPLS)
     # 3DGS²-TR and ADAM-TR (docs/optimizer.md); paper defaults
     eps_start: float = opt(1e-6, "trust-region epsilon at the first iteration (rebuttal: 1e-5)", lo=0, lo_open=True)
     eps_end: float = opt(1e-8, "trust-region epsilon at the last iteration (rebuttal: 1e-7)", lo=0, lo_open=True)

@@ -28,10 +28,11 @@ def build_optimizer(ocfg: Any, params: dict[str, Tensor], *, extent: float, iter
                "opacity_logits": ocfg.lr_opacity, "log_scales": ocfg.lr_scale, "quats": ocfg.lr_rotation}
         max_steps = ocfg.lr_means_max_steps or iters
         betas = (ocfg.adam_beta1, ocfg.adam_beta2)
+        fused = ocfg.adam_impl == "fused"
         if ocfg.optimizer == "adam":
-            optimizer = GaussianAdam(params, lrs, ocfg.adam_eps, betas)
+            optimizer = GaussianAdam(params, lrs, ocfg.adam_eps, betas, fused)
         else:
-            optimizer = AdamTrustRegion(params, lrs, ocfg.adam_eps, betas, tr_eps=ocfg.eps_start,
+            optimizer = AdamTrustRegion(params, lrs, ocfg.adam_eps, betas, fused, tr_eps=ocfg.eps_start,
                                         trust_region=HellingerTrustRegion(ocfg.trust_region()))
         schedulers = [ExponentialDecay(optimizer, key="lr", group="means", start=ocfg.lr_means * extent,
                                        end=ocfg.lr_means_final * extent, max_steps=max_steps)]

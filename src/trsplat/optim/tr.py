@@ -28,7 +28,19 @@ CurvatureClosure = Callable[[torch.Generator], dict[str, Tensor]]
 def guarded_newton_step(g_hat: Tensor, d_hat: Tensor, guard: str, floor: float) -> Tensor:
     """Δ = −ĝ/D̂ with the guard for D̂ ≤ 0 (``sophia``: max(D̂, floor); ``abs``: max(|D̂|, floor);
     ``raw``: 0 where D̂ = 0), NaN/inf → 0, and Δ = 0 where ĝ = 0. Same shape as ``g_hat``; a new
-    tensor."""
+    tensor. CPU float tensors go through one numba pass (:mod:`trsplat.optim.newton_cpu`)."""
+    if g_hat.device.type == "cpu" and g_hat.dtype in (torch.float32, torch.float64):
+        from trsplat.optim import newton_cpu  # imports numba on first use
+
+        if newton_cpu.applies(g_hat, d_hat):
+            return newton_cpu.newton_step_cpu(g_hat, d_hat, guard, floor)
+    return guarded_newton_step_torch(g_hat, d_hat, guard, floor)
+
+
+@torch.no_grad()
+def guarded_newton_step_torch(g_hat: Tensor, d_hat: Tensor, guard: str, floor: float) -> Tensor:
+    """The torch reference of :func:`guarded_newton_step` (any device); the CPU kernel of
+    :mod:`trsplat.optim.newton_cpu` returns the same bits."""
     if guard == "sophia":
         den = d_hat.clamp_min(floor)
     elif guard == "abs":

@@ -32,6 +32,8 @@ class BoundStats:
     total: dict[str, int] = field(default_factory=dict)
 
     def add(self, name: str, on_bound: Tensor, moving: Tensor) -> None:
+        """Count ``on_bound`` (mask) and the moving coordinates: the nonzero entries of ``moving``,
+        the proposed step itself or its ``!= 0`` mask."""
         # count_nonzero: a bool tensor's sum() widens every element to int64 first (25x slower)
         self.on_bound[name] = self.on_bound.get(name, 0) + int(torch.count_nonzero(on_bound))
         self.total[name] = self.total.get(name, 0) + int(torch.count_nonzero(moving))
@@ -86,11 +88,9 @@ class HellingerTrustRegion:
         for name, st in steps:
             st = torch.nan_to_num_(st, nan=0.0, posinf=0.0, neginf=0.0)
             out, on_bound = self.clip(current, {name: st}, eps if eps_of is None else eps_of.get(name, eps))
-            moving = st != 0
-            self.stats.add(name, on_bound[name], moving)
+            self.stats.add(name, on_bound[name], st)  # (st's nonzero entries are the moving ones)
             if observe is not None:
-                observe(name, out[name], on_bound[name], moving)
-            del moving
+                observe(name, out[name], on_bound[name], st != 0)
             if name in _READ_BY_OTHERS:
                 deferred[name] = out[name]
             else:
