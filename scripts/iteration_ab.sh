@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Seconds per training iteration of an old commit against the working tree's HEAD, interleaved in
 # one window (issue 22's before/after; meant for an otherwise idle machine).
-# usage: scripts/iteration_ab.sh OLD_COMMIT OUT_DIR [TRAINED_PLY]
-#   - chair --downscale 4, 100k random init: `trsplat bench iteration`, adam and tr, 3 rounds;
+# usage: [ROUNDS=3 TRAINED_ROUNDS=2] scripts/iteration_ab.sh OLD_COMMIT OUT_DIR [TRAINED_PLY]
+#   - chair --downscale 4, 100k random init: `trsplat bench iteration`, adam and tr, ROUNDS rounds;
 #   - TRAINED_PLY (e.g. a 7000-iteration chair run's point_cloud.ply): the same from that state,
-#     2 rounds (scripts/profile_from_ply.py, which also works for commits without --ply).
+#     TRAINED_ROUNDS rounds (scripts/profile_from_ply.py, which also works for commits without --ply).
+# Rounds already in OUT_DIR are kept, so a rerun with more rounds adds to them.
 # Both sides run from clean worktrees (never the edited tree) with this checkout's .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ run() {  # name, then the command
   local name=$1; shift
   (cd "$OUT/tree-$name" && PYTHONPATH="$OUT/tree-$name/src" "$@")
 }
-for r in 1 2 3; do
+for r in $(seq "${ROUNDS:-3}"); do
   for name in old new; do
     f=$OUT/random.$name.$r.json; [ -f "$f" ] && continue
     run $name "$ROOT/.venv/bin/trsplat" bench iteration --data "$DATA/nerf_synthetic_chair" --downscale 4 \
@@ -27,7 +28,7 @@ for r in 1 2 3; do
   done
 done
 if [ -n "$PLY" ]; then
-  for r in 1 2; do
+  for r in $(seq "${TRAINED_ROUNDS:-2}"); do
     for name in old new; do
       for opt in adam tr; do
         f=$OUT/trained.$name.$opt.$r.json; [ -f "$f" ] && continue
