@@ -2,9 +2,9 @@
 
 ``collect STUDY DEST``: copy each run's ``config.json``, ``metrics.json`` and ``curves.json`` from a
 ``trsplat bench optimizers`` study folder to ``DEST/runs/<scene>/<variant>/seed<k>/`` and add
-``final_opacity.json`` (count, dead = opacity <= 0.005, alive = opacity >= 1/255) read from the
-run's ``point_cloud.ply`` (or, for a run that stopped, its last ``checkpoint.pt``); neither is
-committed.
+``final_opacity.json`` (count, dead = opacity <= 0.005, alive = opacity >= 1/255; since session 16
+also the 50/90/99 % quantiles, the maximum and the count above 0.5) read from the run's
+``point_cloud.ply`` (or, for a run that stopped, its last ``checkpoint.pt``); neither is committed.
 
 ``table DEST``: print the Markdown tables: per run, the evaluations, the final and peak Gaussian
 count, the dead share and s/it; per (scene, strategy), tr minus adam at the end and the iteration
@@ -34,18 +34,20 @@ def collect(study: Path, dest: Path) -> None:
         for name in ("config.json", "metrics.json", "curves.json"):
             if (run / name).is_file():
                 shutil.copyfile(run / name, out / name)
-        record = None
         if (run / "point_cloud.ply").is_file():
-            opacity = load_ply(run / "point_cloud.ply").opacities.detach()
+            opacity = load_ply(run / "point_cloud.ply").opacities.detach().flatten()
             record = {"source": "point_cloud.ply"}
         elif (run / "checkpoint.pt").is_file():  # a run that stopped: its last checkpoint
             ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
             opacity = torch.sigmoid(ckpt["params"]["opacity_logits"].detach()).flatten()
             record = {"source": f"checkpoint.pt, iteration {ckpt['iteration']}"}
-        if record is not None:
-            record.update(n_gaussians=int(opacity.numel()), dead=int((opacity <= DEAD_OPACITY).sum()),
-                          alive=int((opacity >= ALPHA_MIN).sum()))
-            (out / "final_opacity.json").write_text(json.dumps(record, indent=1) + "\n")
+        else:
+            continue
+        q = torch.quantile(opacity.double(), torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64))
+        record.update(n_gaussians=int(opacity.numel()), dead=int((opacity <= DEAD_OPACITY).sum()),
+                      alive=int((opacity >= ALPHA_MIN).sum()), q50=float(q[0]), q90=float(q[1]),
+                      q99=float(q[2]), max=float(opacity.max()), above_half=int((opacity > 0.5).sum()))
+        (out / "final_opacity.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
 def _load(run: Path) -> dict:

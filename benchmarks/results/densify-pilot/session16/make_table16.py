@@ -1,11 +1,7 @@
 """Session 16's densify runs (issue 23, docs/densification.md "Session 16: why tr loses with
 densification").
 
-``collect STUDY DEST``: copy each run's ``config.json``, ``metrics.json`` and ``curves.json`` from a
-``trsplat bench optimizers`` study folder to ``DEST/runs/<scene>/<variant>/seed<k>/`` and add
-``final_opacity.json``: count, dead (opacity <= 0.005), alive (>= 1/255), the 50/90/99 % quantiles
-and the maximum of the opacities, and how many exceed 0.5, read from the run's ``point_cloud.ply``
-(or, for a run that stopped, its last ``checkpoint.pt``); neither of those is committed.
+Collect the runs with the pilot's script: ``python ../make_table.py collect STUDY DEST``.
 
 ``table DEST...``: one Markdown table over the runs of every DEST: the evaluations, the final count,
 the dead share, the opacity quantiles and maximum, s/it.
@@ -14,40 +10,8 @@ the dead share, the opacity quantiles and maximum, s/it.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
-
-DEAD_OPACITY = 0.005     # 3DGS-MCMC's dead threshold (--prune-opacity)
-ALPHA_MIN = 1.0 / 255.0  # the compositing threshold (Gaussians.count_alive)
-
-
-def collect(study: Path, dest: Path) -> None:
-    import torch
-
-    from trsplat.gaussians import load_ply
-
-    for metrics in sorted(study.glob("runs/*/*/seed*/metrics.json")):
-        run = metrics.parent
-        out = dest / run.relative_to(study)
-        out.mkdir(parents=True, exist_ok=True)
-        for name in ("config.json", "metrics.json", "curves.json"):
-            if (run / name).is_file():
-                shutil.copyfile(run / name, out / name)
-        if (run / "point_cloud.ply").is_file():
-            opacity = load_ply(run / "point_cloud.ply").opacities.detach().flatten()
-            record = {"source": "point_cloud.ply"}
-        elif (run / "checkpoint.pt").is_file():  # a run that stopped: its last checkpoint
-            ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
-            opacity = torch.sigmoid(ckpt["params"]["opacity_logits"].detach()).flatten()
-            record = {"source": f"checkpoint.pt, iteration {ckpt['iteration']}"}
-        else:
-            continue
-        q = torch.quantile(opacity.double(), torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64))
-        record.update(n_gaussians=int(opacity.numel()), dead=int((opacity <= DEAD_OPACITY).sum()),
-                      alive=int((opacity >= ALPHA_MIN).sum()), q50=float(q[0]), q90=float(q[1]),
-                      q99=float(q[2]), max=float(opacity.max()), above_half=int((opacity > 0.5).sum()))
-        (out / "final_opacity.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
 def table(dests: list[Path]) -> None:
@@ -68,9 +32,7 @@ def table(dests: list[Path]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "collect":
-        collect(Path(sys.argv[2]), Path(sys.argv[3]))
-    elif len(sys.argv) >= 3 and sys.argv[1] == "table":
+    if len(sys.argv) >= 3 and sys.argv[1] == "table":
         table([Path(a) for a in sys.argv[2:]])
     else:
         sys.exit(__doc__)
