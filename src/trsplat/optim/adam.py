@@ -25,7 +25,7 @@ class GaussianAdam(torch.optim.Adam):
         if set(lrs) != set(params):
             raise ValueError(f"lrs names {sorted(lrs)} differ from params names {sorted(params)}")
         super().__init__([{"params": [params[name]], "lr": lr, "name": name} for name, lr in lrs.items()],
-                         lr=0.0, eps=eps, betas=betas, fused=fused or None)
+                         lr=0.0, eps=eps, betas=betas, fused=fused or None)  # None: as before, not False
         self.trust_region: HellingerTrustRegion | None = None
 
 

@@ -29,7 +29,7 @@ def guarded_newton_step(g_hat: Tensor, d_hat: Tensor, guard: str, floor: float) 
     """Δ = −ĝ/D̂ with the guard for D̂ ≤ 0 (``sophia``: max(D̂, floor); ``abs``: max(|D̂|, floor);
     ``raw``: 0 where D̂ = 0), NaN/inf → 0, and Δ = 0 where ĝ = 0. Same shape as ``g_hat``; a new
     tensor. CPU float tensors go through one numba pass (:mod:`trsplat.optim.newton_cpu`)."""
-    if g_hat.device.type == "cpu" and g_hat.dtype in (torch.float32, torch.float64):
+    if g_hat.device.type == "cpu":
         from trsplat.optim import newton_cpu  # imports numba on first use
 
         if newton_cpu.applies(g_hat, d_hat):
