@@ -7,4 +7,5 @@ from trsplat.training.rundir import RunDir
 from trsplat.training.trainer import Trainer, load_training_scene, make_residual_fn, prepare, resume, train
 
 __all__ = ["Hook", "ProgressBar", "RunDir", "SINGLE", "Trainer", "World", "active_sh_degree", "close_world",
-           "evaluate", "init_world", "load_training_scene", "make_residual_fn", "prepare", "resume", "save_render_pair", "train"]
+           "evaluate", "init_world", "load_training_scene", "make_residual_fn", "prepare", "resume", "save_render_pair",
+           "train"]
