@@ -317,19 +317,22 @@ def test_resume_is_bit_identical_across_densification(tiny_scene, tmp_path, opti
 
 
 def test_the_densify_study_preset(tmp_path) -> None:
-    """9 variants (3 optimisers x none/adc/mcmc) on the paper's scenes, 7000 iterations: one
+    """12 variants (4 optimisers x none/adc/mcmc) on the paper's scenes, 7000 iterations: one
     Gaussian budget per scene for every mcmc run, and no evaluation on an ADC opacity reset."""
     from trsplat.bench.study.spec import load_spec
 
     spec = load_spec(preset="densify", data_root=tmp_path)
     assert spec.iters == 7000 and spec.seeds == [0, 1, 2] and spec.reference == "adam+none"
-    assert sorted(spec.variants) == sorted(f"{o}+{d}" for o in ("adam", "tr", "tr-none-paper-printed-bounds")
-                                           for d in ("none", "adc", "mcmc"))
+    optimizers = ("adam", "tr", "tr-none-paper-printed-bounds", "tr-none-paper-x16-op1")
+    assert sorted(spec.variants) == sorted(f"{o}+{d}" for o in optimizers for d in ("none", "adc", "mcmc"))
     for scene in spec.scenes:
         configs = {v: spec.run_config(scene, v, 0, tmp_path) for v in spec.variants}
         assert len({c.strategy.cap_max for c in configs.values()}) == 1
         assert len({(c.scene.n_random_init, c.scene.downscale) for c in configs.values()}) == 1
         assert configs["tr-none-paper-printed-bounds+adc"].optim.tr_bounds == "paper"
+        x16 = configs["tr-none-paper-x16-op1+adc"]
+        assert (x16.optim.curvature, x16.optim.eps_start, x16.optim.eps_end) == ("none", 1.6e-5, 1.6e-7)
+        assert x16.optim.tr_opacity_eps_scale == 0.0625 and x16.strategy.densify == "adc"
         adc = build_strategy(configs["adam+adc"].strategy, configs["adam+adc"].optim, iters=spec.iters, extent=1.0)
         resets = set(range(adc.params.reset_every, adc.params.stop, adc.params.reset_every))
         assert resets and not resets & set(spec.eval_iterations())

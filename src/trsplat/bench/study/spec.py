@@ -382,12 +382,22 @@ def _ablation_variants() -> dict[str, dict[str, Any]]:
     }
 
 
+def _x16_op1_entry() -> dict[str, Any]:
+    """``tr-none-paper-x16-op1``: tr without curvature, the paper's ε × 16 (meta eps prints as
+    1.6e-05->1.6e-07) and the opacity radius as published (16 × 1/16 × ε); the best fixed trust
+    region so far (docs/optimizer_study.md) and the best densified tr of the pilot
+    (docs/densification.md)."""
+    return _variant_entry("tr", "none", eps_start=1.6e-5, eps_end=1.6e-7, tr_opacity_eps_scale=0.0625)
+
+
 def _densify_variants() -> dict[str, dict[str, Any]]:
-    """Issue #23: adam, tr (Hutchinson, paper ε) and its curvature-free printed-bounds control, each
-    with no densification (the paper's protocol), 3DGS's ADC and 3DGS-MCMC (docs/densification.md)."""
+    """Issue #23: adam, tr (Hutchinson, paper ε), its curvature-free printed-bounds control and the
+    ε×16 trust region ``tr-none-paper-x16-op1``, each with no densification (the paper's protocol),
+    3DGS's ADC and 3DGS-MCMC (docs/densification.md)."""
     optimizers = {"adam": _variant_entry("adam"), "tr": _variant_entry("tr", "hutchinson", "paper"),
                   "tr-none-paper-printed-bounds": _variant_entry("tr", "none", "paper", tr_bounds="paper",
-                                                                 tr_split_budget=False)}
+                                                                 tr_split_budget=False),
+                  "tr-none-paper-x16-op1": _x16_op1_entry()}
     variants = {}
     for name, entry in optimizers.items():
         base = _parse_variant(name, copy.deepcopy(entry))
@@ -418,9 +428,7 @@ def _adaptive_variants() -> dict[str, dict[str, Any]]:
                                                        tr_split_budget=False),
         **{f"tr-{c}-paper-adaptive-cap16-op1": _variant_entry("tr", c, "paper", **ADAPTIVE_BEST)
            for c in ("hutchinson", "gnb", "none")},
-        # the paper ε × 16 (meta eps prints as 1.6e-05->1.6e-07), opacity radius = 16 × 1/16 × ε
-        "tr-none-paper-x16-op1": _variant_entry("tr", "none", eps_start=1.6e-5, eps_end=1.6e-7,
-                                                tr_opacity_eps_scale=0.0625),
+        "tr-none-paper-x16-op1": _x16_op1_entry(),
     }
 
 
@@ -458,10 +466,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                      **_ablation_variants()},
     },
     "densify": {
-        "description": "issue #23: adam, tr and tr-none-paper-printed-bounds, each with no densification, ADC "
-                       "and MCMC (the same Gaussian budget --cap-max for every mcmc run of a scene), on chair, "
-                       "bird and the synthetic scene, 3 seeds, 7000 iterations (the strategies' schedules "
-                       "scaled by 7000/30000)",
+        "description": "issue #23: adam, tr, tr-none-paper-printed-bounds and tr-none-paper-x16-op1 (eps x16, "
+                       "opacity radius as published), each with no densification, ADC and MCMC (the same "
+                       "Gaussian budget --cap-max for every mcmc run of a scene), on chair, bird and the "
+                       "synthetic scene, 3 seeds, 7000 iterations (the strategies' schedules scaled by "
+                       "7000/30000)",
         # evaluations every 1000 iterations, never on one of ADC's opacity resets (every 700)
         **_PAPER_PROTOCOL, "iters": 7000, "eval_fraction": 1 / 7, "table_fractions": [0.5, 1.0],
         "reference": "adam+none",
