@@ -154,45 +154,6 @@ def test_quantile_pivot_is_the_lower_median_at_one_half() -> None:
         assert int(inside.sum()) == k - 1, q
 
 
-def test_snr_step_is_adams_normalised_step_times_the_radius() -> None:
-    """``step_norm="snr"``: Δ = clip(−r·m̂/(√v̂ + δ)) with m̂, v̂ Adam's bias-corrected EMAs of the
-    gradient and its square and r the Hellinger radius in the step's direction, checked over
-    several steps against that formula written out with ``clip_step``."""
-    g = random_gaussians(150, 11)
-    params = {k: v.detach().clone().requires_grad_(True) for k, v in g.params().items()}
-    eps, theta1, theta2, delta = 4e-6, 0.9, 0.999, 1e-15
-    opt = TrustRegionNewton(params, curvature="none", step_norm="snr", tr_eps=eps, theta1=theta1, theta2=theta2)
-    gen = torch.Generator().manual_seed(5)
-    m = {k: torch.zeros_like(v) for k, v in params.items()}
-    v2 = {k: torch.zeros_like(v) for k, v in params.items()}
-    clipped_some = inside_some = False
-    for t in range(1, 6):
-        before = {k: v.detach().clone() for k, v in params.items()}
-        for k, p in params.items():
-            p.grad = torch.randn(p.shape, generator=gen) * (1.0 + t)
-            m[k] = theta1 * m[k] + (1 - theta1) * p.grad
-            v2[k] = theta2 * v2[k] + (1 - theta2) * p.grad ** 2
-        expected = {}
-        for k in params:
-            ratio = -(m[k] / (1 - theta1 ** t)) / ((v2[k] / (1 - theta2 ** t)).sqrt() + delta)
-            radius = clip_step(before, {k: torch.sign(ratio) * _FAR}, eps)[0][k].abs()
-            out, hit = clip_step(before, {k: ratio * radius}, eps)
-            expected[k] = before[k] + out[k]
-            clipped_some |= bool(hit[k].any())
-            inside_some |= bool((~hit[k] & (out[k] != 0)).any())
-        opt.step()
-        for k, p in params.items():
-            torch.testing.assert_close(p.detach(), expected[k], rtol=1e-6, atol=1e-9, msg=lambda s, k=k, t=t: f"{k} step {t}: {s}")
-    assert clipped_some and inside_some  # both regimes were exercised
-
-
-def test_snr_step_needs_no_curvature_and_a_fixed_radius() -> None:
-    params = random_gaussians(4, 1).params()
-    for kwargs in ({"curvature": "hutchinson"}, {"curvature": "none", "radius": "adaptive"}):
-        with pytest.raises(ValueError, match="snr"):
-            TrustRegionNewton(params, step_norm="snr", **kwargs)
-
-
 class _Frame:
     def __init__(self, camera, image):
         self.camera, self.image = camera, image

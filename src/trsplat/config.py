@@ -98,10 +98,9 @@ class OptimizerConfig:
     guard: str = opt("sophia", "tr: handling of curvature <= 0 (docs/optimizer.md)", choices=("sophia", "abs", "raw"))
     guard_floor: float = opt(1e-12, "tr: floor of the curvature for the sophia/abs guards", lo=0, lo_open=True)
     bias_correction: bool = opt(False, "tr: Adam-style bias correction of both EMAs (paper: off)")
-    step_norm: str = opt("none", "tr only: none (the paper), median-radius (scale each tensor's Newton steps so "
+    step_norm: str = opt("none", "tr only: none (the paper) or median-radius (scale each tensor's Newton steps so "
                          "their median |step|/radius is 1 before the clip, so the curvature, not only the bound, "
-                         "sets step sizes) or snr (Adam's normalised step m/sqrt(v) times the Hellinger radius, "
-                         "with --curvature none; docs/optimizer.md)", choices=("none", "median-radius", "snr"))
+                         "sets step sizes)", choices=("none", "median-radius"))
     step_norm_quantile: float = opt(0.5, "tr with --step-norm median-radius: the quantile of |step|/radius set to 1 "
                                     "(0.5, the median; smaller values clip more coordinates, 0 would be the paper's "
                                     "sign steps)", lo=0, hi=1, lo_open=True)

@@ -18,9 +18,7 @@ from trsplat.optim.radius import RADIUS_MODES, SCALE_MAX, AdaptiveRadius, StepLo
 from trsplat.optim.trust_region import HellingerTrustRegion, WithTrustRegion, group_eps, named_params
 
 GUARDS = ("sophia", "abs", "raw")
-STEP_NORMS = ("none", "median-radius", "snr")
-SNR_DELTA = 1e-15
-"""δ of ``step_norm="snr"``: the ratio is m̂/(√v̂ + δ) (Adam's ε in 3DGS)."""
+STEP_NORMS = ("none", "median-radius")
 
 CurvatureClosure = Callable[[torch.Generator], dict[str, Tensor]]
 """``closure(generator) -> {name: D}``: a curvature-diagonal estimate shaped like each parameter."""
@@ -88,8 +86,6 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
             raise ValueError(f"unknown guard {guard!r}; choose {', '.join(GUARDS)}")
         if step_norm not in STEP_NORMS:
             raise ValueError(f"unknown step_norm {step_norm!r}; choose {', '.join(STEP_NORMS)}")
-        if step_norm == "snr" and (curvature != "none" or radius != "fixed"):
-            raise ValueError("step_norm 'snr' replaces the Newton step: use it with curvature 'none' and radius 'fixed'")
         if not 0.0 < step_norm_quantile <= 1.0:
             raise ValueError(f"step_norm_quantile must lie in (0, 1], got {step_norm_quantile}")
         if curvature not in CURVATURES:
@@ -202,17 +198,11 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
             if not state:
                 state.update(step=0, curvature_updates=0, grad_ema=torch.zeros_like(p),
                              curv_ema=torch.zeros_like(p))
-                if group["step_norm"] == "snr":
-                    state["grad_sq_ema"] = torch.zeros_like(p)
             theta1 = group["theta1"]
             if p.grad is not None:  # (no gradient: the EMA decays towards zero)
                 state["grad_ema"].mul_(theta1).add_(torch.nan_to_num_(p.grad), alpha=1 - theta1)
             else:
                 state["grad_ema"].mul_(theta1)
-            if group["step_norm"] == "snr":  # v̂ ← θ₂ v̂ + (1 − θ₂) g²
-                v = state["grad_sq_ema"].mul_(group["theta2"])
-                if p.grad is not None:
-                    v.addcmul_(p.grad, p.grad, value=1 - group["theta2"])
             state["step"] += 1
             t = state["step"]  # (every parameter steps together)
         return t
@@ -288,9 +278,6 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
         and, for ``step_norm="median-radius"``, scaled so that the ``step_norm_quantile`` of
         |Δ|/radius at ``current`` is 1 (``docs/optimizer.md``)."""
         for group in self.param_groups:
-            if group["step_norm"] == "snr":
-                yield group["name"], self._snr_step(group, current, eps)
-                continue
             g_hat, d_hat = self._corrected(group)
             step = guarded_newton_step(g_hat, self._damped(d_hat), group["guard"], group["guard_floor"])
             del g_hat, d_hat
@@ -298,19 +285,6 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
                 step = self.trust_region.scale_to_radius(current, group["name"], step, eps,
                                                          group["step_norm_quantile"])
             yield group["name"], step
-
-    def _snr_step(self, group: dict, current: dict[str, Tensor], eps: float) -> Tensor:
-        """``step_norm="snr"``: Δ = −r·m̂/(√v̂ + δ), Adam's normalised step with the Hellinger
-        radius r in the step's direction as each coordinate's learning rate (m̂ = ĝ/(1 − θ₁ᵗ),
-        v̂ = the g² EMA/(1 − θ₂ᵗ)); coordinates with |m̂| > √v̂ + δ are clipped to r."""
-        state = self.state[group["params"][0]]
-        t = state["step"]
-        ratio = state["grad_ema"] / (1 - group["theta1"] ** t)
-        root = (state["grad_sq_ema"] / (1 - group["theta2"] ** t)).sqrt_().add_(SNR_DELTA)
-        ratio.div_(root).neg_()
-        del root
-        radius = self.trust_region.radius_along(current, group["name"], ratio, eps)
-        return ratio.mul_(radius)
 
 
 class _ModelDecrease:

@@ -107,7 +107,9 @@ class HellingerTrustRegion:
         bound in the step's direction at ``params`` (zero radii, e.g. a box, are left out).
         Afterwards a fraction ``quantile`` of the moving coordinates lies inside its radius."""
         st = torch.nan_to_num_(step, nan=0.0, posinf=0.0, neginf=0.0)
-        radius = self.radius_along(params, name, st, eps)
+        far = torch.sign(st).mul_(_FAR)
+        radius = self.clip(params, {name: far}, eps)[0][name].abs_()
+        del far
         usable = (st != 0) & (radius > 0)
         if usable.any():
             ratios = st[usable].abs() / radius[usable]
@@ -116,14 +118,6 @@ class HellingerTrustRegion:
             if ratio > 0:
                 st.div_(ratio)
         return st
-
-
-    @torch.no_grad()
-    def radius_along(self, params: Mapping[str, Tensor], name: str, direction: Tensor, eps: float) -> Tensor:
-        """|r|, shaped like ``direction``: how far each coordinate of ``params[name]`` may move in
-        the direction of ``direction``'s sign (boxes included; 0 where the sign is 0 or NaN)."""
-        far = torch.sign(direction).mul_(_FAR)
-        return self.clip(params, {name: far}, eps)[0][name].abs_()
 
 
 def drain(steps: dict[str, Tensor]) -> Iterator[tuple[str, Tensor]]:

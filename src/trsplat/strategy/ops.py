@@ -25,7 +25,7 @@ ParamFn = Callable[[str, torch.Tensor], torch.Tensor]
 StateFn = Callable[[str, str, torch.Tensor], torch.Tensor]
 
 STATE_POLICIES = ("zero", "inherit", "inherit-curvature")
-CURVATURE_KEYS = ("exp_avg_sq", "max_exp_avg_sq", "curv_ema", "grad_sq_ema")
+CURVATURE_KEYS = ("exp_avg_sq", "max_exp_avg_sq", "curv_ema")
 """Per-Gaussian state that estimates curvature (Adam's second moment, 3DGS²-TR's D̂), as opposed
 to first moments (``exp_avg``, ``grad_ema``) that point along the last gradients."""
 
