@@ -180,6 +180,35 @@ def test_noise_is_covariance_shaped_and_gated_by_opacity() -> None:
     assert (measured - expected).abs().max() < 0.05 * expected.abs().max()
 
 
+@pytest.mark.parametrize("optimizer_name", ["adam", "tr"])
+def test_noise_in_radius_clips_each_coordinate_to_the_position_radius(optimizer_name) -> None:
+    """``noise_in_radius``: with a trust-region optimizer the noise is the plain noise (same
+    draws) clipped coordinate-wise to the Hellinger position radius at the optimizer's ε, so
+    some coordinates are cut and the rest pass unchanged; Adam has no radius and gets the plain
+    noise."""
+    g = _population(400, 8, 1.0)
+    g.opacity_logits.data[:] = -6.0  # faint: gate ≈ 0.6, large noise
+    optimizer = _optimizer(g, optimizer_name)
+    means = g.means.detach().clone()
+    plain = g.clone()
+    _mcmc(noise_lr=2e3).add_noise(plain, 1e-3)
+    noise = plain.means.detach() - means
+    _mcmc(noise_lr=2e3, noise_in_radius=True).add_noise(g, 1e-3, optimizer)
+    d = g.means.detach() - means
+    if optimizer_name == "adam":
+        assert torch.equal(d, noise)
+        return
+    params = {k: v.detach() for k, v in g.params().items()}
+    params["means"] = means
+    radius = optimizer.trust_region.clip(params, {"means": torch.sign(noise) * 1e30},
+                                         optimizer.param_groups[0]["tr_eps"])[0]["means"].abs()
+    cut = noise.abs() > radius
+    assert 0 < int(cut.sum()) < cut.numel()
+    atol = 3e-7  # d is read back from float32 positions of size ~1 (2-3 ulp)
+    torch.testing.assert_close(d[cut].abs(), radius[cut], rtol=1e-5, atol=atol)
+    torch.testing.assert_close(d[~cut], noise[~cut], rtol=1e-5, atol=atol)
+
+
 def test_regulariser_gradients_are_those_of_the_l1_terms() -> None:
     g = _population(30, 7, 1.0)
     g.opacity_logits.data[:] = torch.linspace(-3.0, 3.0, 30)

@@ -195,6 +195,8 @@ class StrategyConfig:
     cap_max: int = opt(1_000_000, "mcmc: maximum number of Gaussians", lo=1)
     mcmc_grow_rate: float = opt(0.05, "mcmc: add this fraction of Gaussians per refinement", lo=0)
     mcmc_noise_lr: float = opt(5e5, "mcmc: position noise = position lr x this x covariance x gate", lo=0)
+    mcmc_noise_in_radius: bool = opt(False, "mcmc with tr or adam-tr: clip each position-noise coordinate to "
+                                     "the trust region's position radius (docs/densification.md)")
     opacity_reg: float = opt(0.01, "mcmc: weight of the L1 opacity regulariser", lo=0)
     scale_reg: float = opt(0.01, "mcmc: weight of the L1 scale regulariser", lo=0)
 

@@ -74,7 +74,8 @@ def build_strategy(scfg: Any = "none", ocfg: Any = None, *, iters: int = REFEREN
         d, cap_max=scfg.cap_max, start=_scaled(_or(scfg.densify_start, d.start), s),
         stop=_scaled(_or(scfg.densify_stop, d.stop), s), every=scaled_every(scfg.densify_every, s),
         grow_rate=scfg.mcmc_grow_rate, min_opacity=scfg.prune_opacity, noise_lr=scfg.mcmc_noise_lr,
-        opacity_reg=scfg.opacity_reg, scale_reg=scfg.scale_reg, state_policy=scfg.densify_state)
+        opacity_reg=scfg.opacity_reg, scale_reg=scfg.scale_reg, state_policy=scfg.densify_state,
+        noise_in_radius=scfg.mcmc_noise_in_radius)
     lr = functools.partial(exponential_decay, start=ocfg.lr_means * extent, end=ocfg.lr_means_final * extent,
                            max_steps=ocfg.lr_means_max_steps or iters)
     return MCMC(params, position_lr=lr, seed=seed)

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 
 from trsplat.gaussians import Gaussians
+from trsplat.optim.trust_region import WithTrustRegion, group_eps
 from trsplat.strategy import ops
 from trsplat.strategy.adc import rotation_matrices
 from trsplat.strategy.base import Strategy, StepInfo, StrategyGenerator
@@ -42,6 +43,7 @@ class MCMCParams:
     opacity_reg: float = 0.01
     scale_reg: float = 0.01
     state_policy: str = "zero"
+    noise_in_radius: bool = False
 
 
 def relocation(opacities: torch.Tensor, scales: torch.Tensor, ratios: torch.Tensor,
@@ -89,7 +91,7 @@ class MCMC(Strategy):
             record = {"iteration": it, "relocated": relocated, "added": added, "after": len(gaussians)}
             self.history.append(record)
             info.extras["densify"] = record
-        self.add_noise(gaussians, self.position_lr(it))
+        self.add_noise(gaussians, self.position_lr(it), optimizer)
 
     # -- pieces -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -143,8 +145,10 @@ class MCMC(Strategy):
         ops.set_rows(gaussians, optimizer, sources, values, policy=self.params.state_policy)
 
     @torch.no_grad()
-    def add_noise(self, gaussians: Gaussians, lr: float) -> None:
-        """means += lr · noise_lr · σ(−k(o − t)) · Σ ε: exploration where the opacity is low."""
+    def add_noise(self, gaussians: Gaussians, lr: float, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """means += lr · noise_lr · σ(−k(o − t)) · Σ ε: exploration where the opacity is low.
+        With ``noise_in_radius`` and a trust-region ``optimizer``, each noise coordinate is
+        clipped to the Hellinger position radius at the optimizer's current ε."""
         p = self.params
         if p.noise_lr <= 0:
             return
@@ -155,7 +159,11 @@ class MCMC(Strategy):
         var = gaussians.scales.detach() ** 2
         # Σ ε = R diag(s²) Rᵀ ε
         noise = (rot @ (var * (rot.transpose(1, 2) @ eps[:, :, None]).squeeze(-1))[:, :, None]).squeeze(-1)
-        ops.perturb(gaussians, "means", noise * (gate * lr * p.noise_lr)[:, None])
+        noise = noise * (gate * lr * p.noise_lr)[:, None]
+        if p.noise_in_radius and isinstance(optimizer, WithTrustRegion):
+            params = {k: v.detach() for k, v in gaussians.params().items()}
+            noise = optimizer.trust_region.clip(params, {"means": noise.to(means)}, group_eps(optimizer.param_groups))[0]["means"]
+        ops.perturb(gaussians, "means", noise)
 
     def _sample(self, weights: torch.Tensor, n: int) -> torch.Tensor:
         """``n`` indices drawn with replacement with probability ∝ ``weights``."""
