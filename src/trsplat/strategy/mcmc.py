@@ -162,7 +162,8 @@ class MCMC(Strategy):
         noise = noise * (gate * lr * p.noise_lr)[:, None]
         if p.noise_in_radius and isinstance(optimizer, WithTrustRegion):
             params = {k: v.detach() for k, v in gaussians.params().items()}
-            noise = optimizer.trust_region.clip(params, {"means": noise.to(means)}, group_eps(optimizer.param_groups))[0]["means"]
+            eps = group_eps(optimizer.param_groups)  # the scheduled ε (an adaptive radius's κ is not applied)
+            noise = optimizer.trust_region.clip(params, {"means": noise}, eps)[0]["means"]
         ops.perturb(gaussians, "means", noise)
 
     def _sample(self, weights: torch.Tensor, n: int) -> torch.Tensor:
