@@ -70,7 +70,7 @@ def format_markdown(spec: StudySpec, results: dict[str, Any]) -> str:
         f"Generated {results['generated']} by `{results['command'] or 'trsplat bench optimizers'}`.", "",
         f"Runs: {st['finished']}/{sum(st.values())} finished, {st['partial']} partial, {st['missing']} missing, "
         f"{st['failed']} failed. {len(spec.variants)} variants × {len(spec.scenes)} scenes × "
-        f"{n_seeds} seeds ({', '.join(map(str, spec.seeds))}), {T} iterations, no densification, "
+        f"{n_seeds} seeds ({', '.join(map(str, spec.seeds))}), {T} iterations, {_densification(spec)}, "
         f"identical initialisation per (scene, seed); test-view evaluation at {', '.join(map(str, its))}.", "",
         "Cells are mean ± sample std over seeds; `(k/n)` marks a value over fewer seeds than planned "
         "(unfinished runs). Derived figures and verdicts use finished runs only, over the seeds where "
@@ -255,3 +255,10 @@ def _gap(gap: dict[str, Any], key: str, k: int, digits: str = "+.2f") -> str:
     s = gap[f"{key}_std"][k]
     fmt = digits if digits.startswith("+") else "+" + digits
     return f"{m:{fmt}}" + (f" ± {s:{digits.lstrip('+')}}" if s is not None else "")
+
+
+def _densification(spec: StudySpec) -> str:
+    """The setup line's densification: none, or the strategies of the variants (and common options)."""
+    names = sorted({str({**spec.common, **v.overrides}.get("densify", "none")) for v in spec.variants.values()})
+    used = [n for n in names if n != "none"]
+    return f"densification {'/'.join(names)} per variant" if used else "no densification"
