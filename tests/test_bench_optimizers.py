@@ -526,3 +526,13 @@ def test_set_overrides_scene_options_and_refuses_variant_options(tmp_path) -> No
     assert {spec.run_config(s, "adam+mcmc", 0, out).strategy.cap_max for s in spec.scenes} == {1234}
     with pytest.raises(TrsplatError, match="--set densify: the variants .* set it themselves"):
         study_cli.resolve_spec(_args(out, preset="densify", set="densify=adc", data_root=tmp_path))
+
+
+def test_the_report_names_the_densification_of_the_variants() -> None:
+    """results.md's setup line: "no densification" for the paper presets, the strategies for
+    the densify preset."""
+    from trsplat.bench.study.report import _densification
+    from trsplat.bench.study.spec import load_spec
+
+    assert _densification(load_spec(preset="adaptive")) == "no densification"
+    assert _densification(load_spec(preset="densify")) == "densification adc/mcmc/none per variant"
