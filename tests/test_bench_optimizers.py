@@ -528,11 +528,11 @@ def test_set_overrides_scene_options_and_refuses_variant_options(tmp_path) -> No
         study_cli.resolve_spec(_args(out, preset="densify", set="densify=adc", data_root=tmp_path))
 
 
-def test_the_report_names_the_densification_of_the_variants() -> None:
+def test_the_report_names_the_densification_of_the_variants(tmp_path) -> None:
     """results.md's setup line: "no densification" for the paper presets, the strategies for
     the densify preset."""
     from trsplat.bench.study.report import _densification
     from trsplat.bench.study.spec import load_spec
 
-    assert _densification(load_spec(preset="adaptive")) == "no densification"
-    assert _densification(load_spec(preset="densify")) == "densification adc/mcmc/none per variant"
+    assert _densification(load_spec(preset="adaptive", data_root=tmp_path)) == "no densification"
+    assert _densification(load_spec(preset="densify", data_root=tmp_path)) == "densification adc/mcmc/none per variant"
