@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 
 from trsplat.gaussians import Gaussians
-from trsplat.optim.trust_region import WithTrustRegion, group_eps
+from trsplat.optim.trust_region import WithTrustRegion, group_eps, named_params
 from trsplat.strategy import ops
 from trsplat.strategy.adc import rotation_matrices
 from trsplat.strategy.base import Strategy, StepInfo, StrategyGenerator
@@ -161,8 +161,8 @@ class MCMC(Strategy):
         noise = (rot @ (var * (rot.transpose(1, 2) @ eps[:, :, None]).squeeze(-1))[:, :, None]).squeeze(-1)
         noise = noise * (gate * lr * p.noise_lr)[:, None]
         if p.noise_in_radius and isinstance(optimizer, WithTrustRegion):
-            params = {k: v.detach() for k, v in gaussians.params().items()}
-            eps = group_eps(optimizer.param_groups)  # the scheduled ε (an adaptive radius's κ is not applied)
+            params, eps = named_params(optimizer.param_groups), group_eps(optimizer.param_groups)
+            # (eps: the scheduled ε; an adaptive radius's κ is not applied)
             noise = optimizer.trust_region.clip(params, {"means": noise}, eps)[0]["means"]
         ops.perturb(gaussians, "means", noise)
 
