@@ -3,9 +3,11 @@ with the same ``--batch-views``: same parameters, resume across process counts, 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +19,7 @@ import torch.distributed as dist
 
 from trsplat.config import TrainConfig
 from trsplat.synthetic import make_synthetic_scene
-from trsplat.training import RunDir, resume, train
+from trsplat.training import RunDir, close_world, init_world, resume, train
 from trsplat.training.batching import batch_rules
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -217,3 +219,43 @@ def test_parameter_check_catches_one_ulp_of_difference(tmp_path) -> None:
         result = json.loads((tmp_path / f"{rank}.json").read_text())
         assert result["sum"] == [3.0, 3.0, 3.0]
         assert "iteration 7: the parameters of rank(s) [1] differ from rank 0's" in result["outcome"]
+
+
+def _gloo_threads() -> list[str]:
+    """Names of this process's threads that belong to gloo (its workers and its I/O loop)."""
+    names = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:  # the thread ended meanwhile
+            pass
+    return sorted(name for name in names if "gloo" in name)
+
+
+def _teardown_worker(rank: int, port: int, results: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    world = init_world(60.0)
+    # what a training run does after joining: the first torch.optim optimiser imports torch._dynamo,
+    # which imports torch.distributed.nn (its collectives' default argument is the default group)
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    importlib.import_module("torch.distributed.nn")
+    world.all_reduce_sum({"x": torch.ones(2)})
+    running = _gloo_threads()
+    close_world(world)
+    Path(results, f"{rank}.json").write_text(json.dumps({"running": running, "after": _gloo_threads()}))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists threads through /proc")
+def test_closing_the_world_ends_the_gloo_threads(tmp_path) -> None:
+    # threads left running into interpreter shutdown can abort a finished run (SIGABRT at exit)
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_teardown_worker, args=(port, str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert result["running"], "no gloo threads found while the group was up"
+        assert result["after"] == [], result

@@ -142,6 +142,7 @@ def init_world(timeout_s: float, device: str = "cpu") -> World:
         raise TrsplatError("this torch build has no torch.distributed")
     if not dist.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
+        _import_group_defaults()
         try:
             dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
         except (RuntimeError, ValueError, dist.DistError) as exc:
@@ -153,6 +154,21 @@ def init_world(timeout_s: float, device: str = "cpu") -> World:
     return World(rank=dist.get_rank(), size=dist.get_world_size(), device=device)
 
 
+def _import_group_defaults() -> None:
+    """Import ``torch.distributed.nn.functional`` while no process group exists.
+
+    Its collectives declare ``group=group.WORLD`` as a default argument, evaluated once, at import.
+    Imported after ``init_process_group`` (the first ``torch.optim`` optimiser imports
+    ``torch._dynamo``, which imports it), those defaults hold the default group for the rest of the
+    process, so :func:`close_world` cannot free it: gloo's worker and I/O threads then outlive the
+    run into interpreter shutdown, where they can abort the process ("terminate called without an
+    active exception"). Imported first, the defaults are None (the collectives then use the
+    default group of the moment). See docs/distributed.md, "Shutdown".
+    """
+    import torch.distributed.nn.functional  # noqa: F401
+
+
 def close_world(world: World) -> None:
+    """Destroy the process group, which joins gloo's threads (while nothing else refers to the group)."""
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
