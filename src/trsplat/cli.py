@@ -78,6 +78,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                        device="cuda" if _uses_cuda(args) else "cpu")
     try:
         return _train(args, world)
+    except TrsplatError as exc:  # reported before the group's teardown, which a launcher's SIGTERM can cut short
+        return _report_error(exc)
     finally:
         close_world(world)
 
@@ -329,6 +331,12 @@ def rank_prefix() -> str:
     return f"[rank {os.environ.get('RANK', '?')}/{size}] " if size > 1 else ""
 
 
+def _report_error(exc: TrsplatError) -> int:
+    """Print the one-line error (flushed at once) and return the exit status 2."""
+    print(f"trsplat: error: {rank_prefix()}{exc}", file=sys.stderr, flush=True)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     tune_process()
     parser = build_parser()
@@ -339,8 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except TrsplatError as exc:
-        print(f"trsplat: error: {rank_prefix()}{exc}", file=sys.stderr)
-        return 2
+        return _report_error(exc)
     except KeyboardInterrupt:  # a second Ctrl-C during training: stop at once, keep the last checkpoint
         print("trsplat: interrupted", file=sys.stderr)
         return 130
