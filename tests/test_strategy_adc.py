@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -302,6 +303,9 @@ def test_resume_is_bit_identical_across_densification(tiny_scene, tmp_path, opti
     history = full.strategy.history
     assert [r["iteration"] for r in history] == [3, 6, 9] and history[0]["after"] != 300
     assert history[-1]["after"] == len(full.gaussians)
+    for record in history:  # a clone adds one Gaussian, a split replaces one by two
+        assert record["before"] + record["cloned"] + record["split"] - record["pruned"] == record["after"]
+    assert _metrics(tmp_path / "full")["densify"] == history
     _assert_state_matches_params(full.gaussians, full.optimizer)
     split, run = _train(densify_config(tiny_scene, tmp_path / "split", densify="adc", optimizer=optimizer),
                         interrupt_at=7)  # between two refinements: the statistics travel in the checkpoint
@@ -314,6 +318,17 @@ def test_resume_is_bit_identical_across_densification(tiny_scene, tmp_path, opti
     for name, tensor in a["params"].items():
         assert torch.equal(tensor, b["params"][name]), name
     assert resumed.strategy.history == history
+    assert _metrics(tmp_path / "split")["densify"] == history
+
+
+def _metrics(out: Path) -> dict:
+    return json.loads((out / RunDir.METRICS).read_text())
+
+
+def test_a_run_without_densification_writes_no_records(tiny_scene, tmp_path) -> None:
+    _, run = _train(densify_config(tiny_scene, tmp_path / "run", densify="none"))
+    run()
+    assert "densify" not in _metrics(tmp_path / "run")
 
 
 def test_the_densify_study_preset(tmp_path) -> None:

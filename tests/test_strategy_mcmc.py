@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tests.helpers import front_camera
-from tests.test_strategy_adc import _optimizer, _per_gaussian_state, _population, _resume, _train, densify_config
+from tests.test_strategy_adc import (_metrics, _optimizer, _per_gaussian_state, _population, _resume, _train,
+                                     densify_config)
 from trsplat.config import OptimizerConfig, StrategyConfig
 from trsplat.gaussians import Gaussians
 from trsplat.optim.build import build_optimizer
@@ -301,6 +302,7 @@ def test_mcmc_resume_is_bit_identical(tiny_scene, tmp_path, optimizer) -> None:
     run()
     history = full.strategy.history
     assert [r["iteration"] for r in history] == [3, 6, 9] and len(full.gaussians) == 320
+    assert _metrics(tmp_path / "full")["densify"] == history
     _, run = _train(densify_config(tiny_scene, tmp_path / "split", **extra), interrupt_at=7)
     with pytest.raises(Exception, match="interrupted at iteration 7"):
         run()

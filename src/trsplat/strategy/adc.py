@@ -177,7 +177,10 @@ class AdaptiveDensityControl(Strategy):
         policy = "inherit" if self.params.state_policy == "inherit" else "zero"
         ops.set_rows(gaussians, optimizer, rows, {"opacity_logits": clamped}, policy=policy)
 
-    # -- resume -------------------------------------------------------------------------------
+    # -- records and resume ---------------------------------------------------------------------
+    def records(self) -> list[dict[str, int]]:
+        return list(self.history)
+
     def state_dict(self) -> dict[str, Any]:
         return {"params": asdict(self.params), "grad_accum": _cpu(self.grad_accum), "count": _cpu(self.count),
                 "generator": self.generator.state_dict(), "history": list(self.history)}

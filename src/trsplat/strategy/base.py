@@ -55,6 +55,10 @@ class Strategy:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def records(self) -> list[dict[str, int]]:
+        """One record per refinement so far (its iteration and counts), for ``metrics.json``."""
+        return []
+
 
 class NoDensification(Strategy):
     """A fixed set of Gaussians (the paper's protocol and trsplat's default)."""

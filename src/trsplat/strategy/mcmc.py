@@ -170,7 +170,10 @@ class MCMC(Strategy):
         """``n`` indices drawn with replacement with probability ∝ ``weights``."""
         return torch.multinomial(weights, n, replacement=True, generator=self.generator.on(weights.device))
 
-    # -- resume -------------------------------------------------------------------------------
+    # -- records and resume ---------------------------------------------------------------------
+    def records(self) -> list[dict[str, int]]:
+        return list(self.history)
+
     def state_dict(self) -> dict[str, Any]:
         return {"params": asdict(self.params), "generator": self.generator.state_dict(),
                 "history": list(self.history)}

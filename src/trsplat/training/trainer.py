@@ -193,14 +193,17 @@ class Trainer:
         ``config.json`` alone (the committed study results) then still says the run completed."""
         if not self.world.is_writer:
             return
-        self.run_dir.write_metrics({
+        metrics = {
             "scene": self.scene.name,
             "config": self.cfg.to_dict(),
             "n_gaussians": len(self.gaussians),
             "backend": self.backend,
             "finished": finished,
             "evals": self.state.evals,
-        })
+        }
+        if records := self.strategy.records():  # densification: one record per refinement
+            metrics["densify"] = records
+        self.run_dir.write_metrics(metrics)
 
     def _run_peak(self, key: str, now: int | None) -> int | None:
         """Peak memory of the whole run: this process's peak, or an earlier eval's if a process
