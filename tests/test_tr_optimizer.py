@@ -254,3 +254,35 @@ def test_clip_and_apply_equals_clipping_everything_before_moving():
             assert torch.equal(got[k], params[k] + want_clipped[k]), k
             assert stats.on_bound[k] == int(want_hit[k].sum()), k
         assert any(stats.on_bound[k] > 0 for k in params)  # the steps were large enough to clip
+
+
+def test_adam_opacity_step_follows_torch_adam_and_leaves_the_rest_to_tr() -> None:
+    """``opacity_step="adam"``: over steps with changing gradients (one without an opacity
+    gradient's help from the others) the opacity logits match ``torch.optim.Adam`` at the same
+    lr and betas, unclipped even where the trust region would clip them, while every other
+    parameter takes the paper's tr step (from the same parameters: their radii read the opacity)."""
+    gen = torch.Generator().manual_seed(11)
+    base = random_gaussians(50, seed=3)
+    hybrid = {k: v.clone() for k, v in base.params().items()}
+    plain = {k: v.clone() for k, v in base.params().items()}
+    adam_logits = base.opacity_logits.clone()
+    opt = TrustRegionNewton(hybrid, tr_eps=1e-6, curvature="none", opacity_step="adam", opacity_lr=0.05,
+                            theta2=0.99)
+    ref = TrustRegionNewton(plain, tr_eps=1e-6, curvature="none")
+    adam = torch.optim.Adam([adam_logits], lr=0.05, betas=(0.9, 0.99), eps=1e-15)
+    for _ in range(6):
+        grads = {k: torch.randn(v.shape, generator=gen) for k, v in hybrid.items()}
+        for k in hybrid:
+            plain[k].copy_(hybrid[k])
+            hybrid[k].grad, plain[k].grad = grads[k].clone(), grads[k].clone()
+        adam_logits.grad = grads["opacity_logits"].clone()
+        opt.step()
+        ref.step()
+        adam.step()
+        for k in hybrid:
+            if k != "opacity_logits":
+                assert torch.equal(hybrid[k], plain[k]), k
+    torch.testing.assert_close(hybrid["opacity_logits"], adam_logits, rtol=1e-6, atol=1e-7)
+    # tr at ε = 1e-6 moves a logit by at most ~0.01 per step; Adam by up to ~lr
+    assert (hybrid["opacity_logits"] - base.opacity_logits).abs().max() > 0.2
+    assert opt.trust_region.stats.on_bound["opacity_logits"] == 0

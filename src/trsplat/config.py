@@ -104,6 +104,9 @@ class OptimizerConfig:
     step_norm_quantile: float = opt(0.5, "tr with --step-norm median-radius: the quantile of |step|/radius set to 1 "
                                     "(0.5, the median; smaller values clip more coordinates, 0 would be the paper's "
                                     "sign steps)", lo=0, hi=1, lo_open=True)
+    tr_opacity_step: str = opt("newton", "tr: newton (the paper: the opacity logits take the clipped Newton step) "
+                               "or adam (they take Adam's step at --lr-opacity with theta1/theta2 as betas, "
+                               "outside the trust region; docs/densification.md)", choices=("newton", "adam"))
     residual_form: str = opt("sqrt", "tr: residual of the curvature estimate: sqrt (paper) or l2 (surrogate)",
                              choices=("sqrt", "l2"))
     residual_delta: float = opt(1e-6, "tr: delta of the sqrt residual, per-pixel loss units", lo=0)

@@ -19,6 +19,8 @@ from trsplat.optim.trust_region import HellingerTrustRegion, WithTrustRegion, gr
 
 GUARDS = ("sophia", "abs", "raw")
 STEP_NORMS = ("none", "median-radius")
+OPACITY_STEPS = ("newton", "adam")
+OPACITY = "opacity_logits"
 
 CurvatureClosure = Callable[[torch.Generator], dict[str, Tensor]]
 """``closure(generator) -> {name: D}``: a curvature-diagonal estimate shaped like each parameter."""
@@ -72,6 +74,10 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
     (``radius_test_on``, ``radius_held_out_views``, ``radius_scale_max``, ``radius_scale_min`` (its ``scale_floor``),
     ``radius_opacity_scale_max``, ``damping``) are those of
     :class:`~trsplat.optim.radius.AdaptiveRadius` (``test_on``, ``held_out_views``, ...).
+    ``opacity_step="adam"`` (not the paper) gives the ``opacity_logits`` group Adam's step instead:
+    −``opacity_lr``·m̂/(√v̂ + ``adam_eps``), m the gradient EMA (θ₁), v the squared-gradient EMA
+    ``exp_avg_sq`` (θ₂), both bias-corrected, applied outside the trust region
+    (``docs/densification.md``, session 19).
     """
 
     def __init__(self, params: dict[str, Tensor], *, trust_region: HellingerTrustRegion | None = None,
@@ -81,13 +87,16 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
                  seed: int = 0, radius: str = "fixed", radius_test_every: int = 10, radius_test_on: str = "step",
                  radius_held_out_views: int = 1, radius_scale_max: float = SCALE_MAX,
                  radius_opacity_scale_max: float | None = None, damping: str = "none",
-                 radius_scale_min: float | None = None) -> None:
+                 radius_scale_min: float | None = None, opacity_step: str = "newton", opacity_lr: float = 0.025,
+                 adam_eps: float = 1e-15) -> None:
         if guard not in GUARDS:
             raise ValueError(f"unknown guard {guard!r}; choose {', '.join(GUARDS)}")
         if step_norm not in STEP_NORMS:
             raise ValueError(f"unknown step_norm {step_norm!r}; choose {', '.join(STEP_NORMS)}")
         if not 0.0 < step_norm_quantile <= 1.0:
             raise ValueError(f"step_norm_quantile must lie in (0, 1], got {step_norm_quantile}")
+        if opacity_step not in OPACITY_STEPS:
+            raise ValueError(f"unknown opacity_step {opacity_step!r}; choose {', '.join(OPACITY_STEPS)}")
         if curvature not in CURVATURES:
             raise ValueError(f"unknown curvature estimator {curvature!r}; choose {', '.join(CURVATURES)}")
         if interval < 1:
@@ -100,6 +109,8 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
         self.trust_region = HellingerTrustRegion() if trust_region is None else trust_region
         self.curvature = curvature
         self.interval = interval
+        self.opacity_step, self.opacity_lr, self.adam_eps = opacity_step, opacity_lr, adam_eps
+        self._unclipped = (OPACITY,) if opacity_step == "adam" else ()
         if radius != "adaptive" and damping != "none":
             raise ValueError(f"damping {damping!r} is tied to the adaptive radius's ratio test; use radius='adaptive'")
         self.radius_control = AdaptiveRadius(
@@ -151,12 +162,13 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
         params = named_params(self.param_groups)
         current = {k: v.detach() for k, v in params.items()}
         if not testing:
-            self.trust_region.clip_and_apply(params, self._newton_steps(current, eps), eps, eps_of=eps_of)
+            self.trust_region.clip_and_apply(params, self._newton_steps(current, eps), eps, eps_of=eps_of,
+                                             unclipped=self._unclipped)
             return
         model = _ModelDecrease(grads if control.test_on != "held-out" else self._model_gradient(),
                                self._model_curvature(), keep_steps=slope)
         self.trust_region.clip_and_apply(params, self._newton_steps(current, eps), eps, observe=model.observe,
-                                         eps_of=eps_of)
+                                         eps_of=eps_of, unclipped=self._unclipped)
         del grads, current
         if slope:  # finished at the next step, with its gradient
             self._pending_slope = {"steps": model.steps, "linear": model.linear, "bound_share": model.bound_share()}
@@ -199,10 +211,18 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
                 state.update(step=0, curvature_updates=0, grad_ema=torch.zeros_like(p),
                              curv_ema=torch.zeros_like(p))
             theta1 = group["theta1"]
-            if p.grad is not None:  # (no gradient: the EMA decays towards zero)
-                state["grad_ema"].mul_(theta1).add_(torch.nan_to_num_(p.grad), alpha=1 - theta1)
+            adam = self._unclipped and group["name"] == OPACITY
+            if adam and "exp_avg_sq" not in state:
+                state["exp_avg_sq"] = torch.zeros_like(p)
+            if p.grad is not None:  # (no gradient: the EMAs decay towards zero)
+                g = torch.nan_to_num_(p.grad)
+                state["grad_ema"].mul_(theta1).add_(g, alpha=1 - theta1)
+                if adam:
+                    state["exp_avg_sq"].mul_(group["theta2"]).addcmul_(g, g, value=1 - group["theta2"])
             else:
                 state["grad_ema"].mul_(theta1)
+                if adam:
+                    state["exp_avg_sq"].mul_(group["theta2"])
             state["step"] += 1
             t = state["step"]  # (every parameter steps together)
         return t
@@ -278,6 +298,9 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
         and, for ``step_norm="median-radius"``, scaled so that the ``step_norm_quantile`` of
         |Δ|/radius at ``current`` is 1 (``docs/optimizer.md``)."""
         for group in self.param_groups:
+            if self._unclipped and group["name"] == OPACITY:
+                yield OPACITY, self._adam_step(group)
+                continue
             g_hat, d_hat = self._corrected(group)
             step = guarded_newton_step(g_hat, self._damped(d_hat), group["guard"], group["guard_floor"])
             del g_hat, d_hat
@@ -285,6 +308,13 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
                 step = self.trust_region.scale_to_radius(current, group["name"], step, eps,
                                                          group["step_norm_quantile"])
             yield group["name"], step
+
+    def _adam_step(self, group: dict) -> Tensor:
+        """Adam's step −lr·m̂/(√v̂ + eps) of ``group`` from its EMAs, both bias-corrected."""
+        state = self.state[group["params"][0]]
+        t = state["step"]
+        denom = (state["exp_avg_sq"] / (1 - group["theta2"] ** t)).sqrt_().add_(self.adam_eps)
+        return (state["grad_ema"] / (1 - group["theta1"] ** t)).div_(denom).mul_(-self.opacity_lr)
 
 
 class _ModelDecrease:

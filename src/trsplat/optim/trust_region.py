@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Collection, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -70,12 +70,15 @@ class HellingerTrustRegion:
 
     @torch.no_grad()
     def clip_and_apply(self, params: Mapping[str, Tensor], steps: Iterable[tuple[str, Tensor]], eps: float,
-                       observe: StepObserver | None = None, eps_of: Mapping[str, float] | None = None) -> None:
+                       observe: StepObserver | None = None, eps_of: Mapping[str, float] | None = None,
+                       unclipped: Collection[str] = ()) -> None:
         """Clip each proposed ``(name, step)`` to the radii at the current ``params``, add it to
         ``params[name]`` in place and count it in :attr:`stats`. ``observe(name, clipped,
         on_bound, moving)``, when given, sees each clipped step before it is applied (the ratio
         test of :mod:`trsplat.optim.radius` sums its predicted decrease there). ``eps_of``, when
         given, replaces ``eps`` for the parameters it names (the adaptive radius's opacity cap).
+        The steps of the parameters named in ``unclipped`` are applied as proposed (counted as
+        moving, never on the bound): their own step rule bounds them.
 
         Every radius is computed from the parameters before any of them moves. The steps are
         consumed one at a time (NaN/inf → 0 in place, then released); a clipped step is applied
@@ -87,7 +90,10 @@ class HellingerTrustRegion:
         deferred = {}
         for name, st in steps:
             st = torch.nan_to_num_(st, nan=0.0, posinf=0.0, neginf=0.0)
-            out, on_bound = self.clip(current, {name: st}, eps if eps_of is None else eps_of.get(name, eps))
+            if name in unclipped:
+                out, on_bound = {name: st}, {name: torch.zeros_like(st, dtype=torch.bool)}
+            else:
+                out, on_bound = self.clip(current, {name: st}, eps if eps_of is None else eps_of.get(name, eps))
             self.stats.add(name, on_bound[name], st)  # (st's nonzero entries are the moving ones)
             if observe is not None:
                 observe(name, out[name], on_bound[name], st != 0)
