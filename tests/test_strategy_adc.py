@@ -296,9 +296,16 @@ def densify_config(scene: Path, out: Path, **overrides) -> TrainConfig:
     return TrainConfig.make(**base)
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "tr", "adam-tr"])
+def optimizer_options(name: str) -> dict:
+    """Config overrides of a parametrised optimizer: ``tr-adam-opacity`` is tr with
+    ``--tr-opacity-step adam`` (its extra state must travel and be resized as well)."""
+    return dict(optimizer="tr", tr_opacity_step="adam") if name == "tr-adam-opacity" else dict(optimizer=name)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "tr", "adam-tr", "tr-adam-opacity"])
 def test_resume_is_bit_identical_across_densification(tiny_scene, tmp_path, optimizer) -> None:
-    full, run = _train(densify_config(tiny_scene, tmp_path / "full", densify="adc", optimizer=optimizer))
+    opts = optimizer_options(optimizer)
+    full, run = _train(densify_config(tiny_scene, tmp_path / "full", densify="adc", **opts))
     run()
     history = full.strategy.history
     assert [r["iteration"] for r in history] == [3, 6, 9] and history[0]["after"] != 300
@@ -307,7 +314,7 @@ def test_resume_is_bit_identical_across_densification(tiny_scene, tmp_path, opti
         assert record["before"] + record["cloned"] + record["split"] - record["pruned"] == record["after"]
     assert _metrics(tmp_path / "full")["densify"] == history
     _assert_state_matches_params(full.gaussians, full.optimizer)
-    split, run = _train(densify_config(tiny_scene, tmp_path / "split", densify="adc", optimizer=optimizer),
+    split, run = _train(densify_config(tiny_scene, tmp_path / "split", densify="adc", **opts),
                         interrupt_at=7)  # between two refinements: the statistics travel in the checkpoint
     with pytest.raises(Exception, match="interrupted at iteration 7"):
         run()

@@ -11,7 +11,7 @@ import torch
 
 from tests.helpers import front_camera
 from tests.test_strategy_adc import (_metrics, _optimizer, _per_gaussian_state, _population, _resume, _train,
-                                     densify_config)
+                                     densify_config, optimizer_options)
 from trsplat.config import OptimizerConfig, StrategyConfig
 from trsplat.gaussians import Gaussians
 from trsplat.optim.build import build_optimizer
@@ -295,9 +295,9 @@ def tiny_scene(tmp_path_factory) -> Path:
     return make_synthetic_scene(tmp_path_factory.mktemp("scene") / "toy", size=32, n_train=6, n_test=2)
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "tr"])
+@pytest.mark.parametrize("optimizer", ["adam", "tr", "tr-adam-opacity"])
 def test_mcmc_resume_is_bit_identical(tiny_scene, tmp_path, optimizer) -> None:
-    extra = dict(densify="mcmc", optimizer=optimizer, cap_max=320)
+    extra = dict(densify="mcmc", cap_max=320, **optimizer_options(optimizer))
     full, run = _train(densify_config(tiny_scene, tmp_path / "full", **extra))
     run()
     history = full.strategy.history

@@ -391,13 +391,15 @@ def _x16_op1_entry() -> dict[str, Any]:
 
 
 def _densify_variants() -> dict[str, dict[str, Any]]:
-    """Issue #23: adam, tr (Hutchinson, paper ε), its curvature-free printed-bounds control and the
-    ε×16 trust region ``tr-none-paper-x16-op1``, each with no densification (the paper's protocol),
-    3DGS's ADC and 3DGS-MCMC (docs/densification.md)."""
+    """Issue #23: adam, tr (Hutchinson, paper ε), its curvature-free printed-bounds control, the
+    ε×16 trust region ``tr-none-paper-x16-op1`` and ``tr-none-paper-adamop`` (paper ε, no
+    curvature, the opacity logits on Adam's step: the best densified tr of session 19), each with
+    no densification (the paper's protocol), 3DGS's ADC and 3DGS-MCMC (docs/densification.md)."""
     optimizers = {"adam": _variant_entry("adam"), "tr": _variant_entry("tr", "hutchinson", "paper"),
                   "tr-none-paper-printed-bounds": _variant_entry("tr", "none", "paper", tr_bounds="paper",
                                                                  tr_split_budget=False),
-                  "tr-none-paper-x16-op1": _x16_op1_entry()}
+                  "tr-none-paper-x16-op1": _x16_op1_entry(),
+                  "tr-none-paper-adamop": _variant_entry("tr", "none", "paper", tr_opacity_step="adam")}
     variants = {}
     for name, entry in optimizers.items():
         base = _parse_variant(name, copy.deepcopy(entry))
@@ -466,8 +468,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                      **_ablation_variants()},
     },
     "densify": {
-        "description": "issue #23: adam, tr, tr-none-paper-printed-bounds and tr-none-paper-x16-op1 (eps x16, "
-                       "opacity radius as published), each with no densification, ADC and MCMC (the same "
+        "description": "issue #23: adam, tr, tr-none-paper-printed-bounds, tr-none-paper-x16-op1 (eps x16, "
+                       "opacity radius as published) and tr-none-paper-adamop (opacity logits on Adam's step), each with no densification, ADC and MCMC (the same "
                        "Gaussian budget --cap-max for every mcmc run of a scene), on chair, bird and the "
                        "synthetic scene, 3 seeds, 7000 iterations (the strategies' schedules scaled by "
                        "7000/30000)",
