@@ -211,7 +211,7 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
                 state.update(step=0, curvature_updates=0, grad_ema=torch.zeros_like(p),
                              curv_ema=torch.zeros_like(p))
             theta1 = group["theta1"]
-            adam = self._unclipped and group["name"] == OPACITY
+            adam = self._takes_adam_step(group)
             if adam and "exp_avg_sq" not in state:
                 state["exp_avg_sq"] = torch.zeros_like(p)
             if p.grad is not None:  # (no gradient: the EMAs decay towards zero)
@@ -298,7 +298,7 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
         and, for ``step_norm="median-radius"``, scaled so that the ``step_norm_quantile`` of
         |Δ|/radius at ``current`` is 1 (``docs/optimizer.md``)."""
         for group in self.param_groups:
-            if self._unclipped and group["name"] == OPACITY:
+            if self._takes_adam_step(group):
                 yield OPACITY, self._adam_step(group)
                 continue
             g_hat, d_hat = self._corrected(group)
@@ -308,6 +308,9 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
                 step = self.trust_region.scale_to_radius(current, group["name"], step, eps,
                                                          group["step_norm_quantile"])
             yield group["name"], step
+
+    def _takes_adam_step(self, group: dict) -> bool:
+        return self.opacity_step == "adam" and group["name"] == OPACITY
 
     def _adam_step(self, group: dict) -> Tensor:
         """Adam's step −lr·m̂/(√v̂ + eps) of ``group`` from its EMAs, both bias-corrected."""
