@@ -31,7 +31,8 @@ def config(**over) -> SimpleNamespace:
                   theta1=0.8, theta2=0.99, guard="abs", guard_floor=1e-10, bias_correction=True,
                   step_norm="median-radius", step_norm_quantile=0.3, tr_radius="fixed", tr_radius_test_every=10,
                   tr_radius_test="step", tr_radius_test_views=1, tr_radius_scale_max=1024.0,
-                  tr_radius_opacity_max=None, tr_damping="none", tr_radius_scale_min=None)
+                  tr_radius_opacity_max=None, tr_damping="none", tr_radius_scale_min=None,
+                  tr_opacity_step="newton")
     return SimpleNamespace(**{**fields, **over}, trust_region=lambda: TR_CONFIG)
 
 
@@ -115,6 +116,10 @@ def test_build_tr() -> None:
     with pytest.raises(ValueError, match="unknown optimizer"):
         build_optimizer(config(optimizer="sgd"), params(), extent=1.0, iters=10, seed=0)
     assert opt.radius_control is None and "adaptive_radius" not in opt.state_dict()
+    assert opt.opacity_step == "newton"
+    opt, _ = build_optimizer(config(optimizer="tr", tr_opacity_step="adam", lr_opacity=0.03, adam_eps=1e-8), params(),
+                             extent=1.0, iters=10, seed=0)
+    assert (opt.opacity_step, opt.opacity_lr, opt.adam_eps) == ("adam", 0.03, 1e-8)
 
 
 def test_build_tr_adaptive_radius() -> None:
