@@ -339,13 +339,13 @@ def test_a_run_without_densification_writes_no_records(tiny_scene, tmp_path) -> 
 
 
 def test_the_densify_study_preset(tmp_path) -> None:
-    """12 variants (4 optimisers x none/adc/mcmc) on the paper's scenes, 7000 iterations: one
+    """15 variants (5 optimisers x none/adc/mcmc) on the paper's scenes, 7000 iterations: one
     Gaussian budget per scene for every mcmc run, and no evaluation on an ADC opacity reset."""
     from trsplat.bench.study.spec import load_spec
 
     spec = load_spec(preset="densify", data_root=tmp_path)
     assert spec.iters == 7000 and spec.seeds == [0, 1, 2] and spec.reference == "adam+none"
-    optimizers = ("adam", "tr", "tr-none-paper-printed-bounds", "tr-none-paper-x16-op1")
+    optimizers = ("adam", "tr", "tr-none-paper-printed-bounds", "tr-none-paper-x16-op1", "tr-none-paper-adamop")
     assert sorted(spec.variants) == sorted(f"{o}+{d}" for o in optimizers for d in ("none", "adc", "mcmc"))
     for scene in spec.scenes:
         configs = {v: spec.run_config(scene, v, 0, tmp_path) for v in spec.variants}
@@ -355,6 +355,8 @@ def test_the_densify_study_preset(tmp_path) -> None:
         x16 = configs["tr-none-paper-x16-op1+adc"]
         assert (x16.optim.curvature, x16.optim.eps_start, x16.optim.eps_end) == ("none", 1.6e-5, 1.6e-7)
         assert x16.optim.tr_opacity_eps_scale == 0.0625 and x16.strategy.densify == "adc"
+        adamop = configs["tr-none-paper-adamop+mcmc"]
+        assert (adamop.optim.curvature, adamop.optim.tr_opacity_step, adamop.optim.eps_start) == ("none", "adam", 1e-6)
         adc = build_strategy(configs["adam+adc"].strategy, configs["adam+adc"].optim, iters=spec.iters, extent=1.0)
         resets = set(range(adc.params.reset_every, adc.params.stop, adc.params.reset_every))
         assert resets and not resets & set(spec.eval_iterations())
