@@ -110,7 +110,6 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
         self.curvature = curvature
         self.interval = interval
         self.opacity_step, self.opacity_lr, self.adam_eps = opacity_step, opacity_lr, adam_eps
-        self._unclipped = (OPACITY,) if opacity_step == "adam" else ()
         if radius != "adaptive" and damping != "none":
             raise ValueError(f"damping {damping!r} is tied to the adaptive radius's ratio test; use radius='adaptive'")
         self.radius_control = AdaptiveRadius(
@@ -308,6 +307,11 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
                 step = self.trust_region.scale_to_radius(current, group["name"], step, eps,
                                                          group["step_norm_quantile"])
             yield group["name"], step
+
+    @property
+    def _unclipped(self) -> tuple[str, ...]:
+        """Parameters the trust region applies unclipped: the opacity logits on Adam's step."""
+        return (OPACITY,) if self.opacity_step == "adam" else ()
 
     def _takes_adam_step(self, group: dict) -> bool:
         return self.opacity_step == "adam" and group["name"] == OPACITY
