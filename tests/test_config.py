@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from trsplat.cli import add_config_arguments, config_from_args
-from trsplat.config import SUBCONFIGS, TrainConfig, leaf_owners
+from trsplat.cli import add_config_arguments, build_parser, config_from_args
+from trsplat.config import DEFAULT_RECIPE, RECIPES, SUBCONFIGS, TrainConfig, leaf_owners
 from trsplat.errors import TrsplatError
 
 
@@ -69,3 +69,22 @@ def test_defaults_are_valid_and_every_leaf_is_a_flag() -> None:
     assert cfg.scene.init_box is None and cfg.optim.tr_quat_norm_cap == 0.2
     assert TrainConfig.from_dict({**TrainConfig().flat(), "optimizer": "tr", "eval_at": [3, 6], "lpips": False,
                                   "tr_quat_norm_cap": 0.2}) == cfg
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_a_recipe_sets_its_options_and_the_given_ones_win(recipe) -> None:
+    """Each ``--recipe`` is a valid config holding exactly its values; the options given override it,
+    and the options it does not name keep their defaults."""
+    values = RECIPES[recipe]
+    cfg = config_from_args(build_parser().parse_args(["train", "d", "--out", "o", "--recipe", recipe]))
+    cfg.validate()
+    assert {k: cfg.flat()[k] for k in values} == values
+    assert {k: v for k, v in cfg.flat().items() if k not in values} == \
+        {k: v for k, v in TrainConfig.make(data="d", out="o").flat().items() if k not in values}
+    given = config_from_args(build_parser().parse_args(["train", "d", "--out", "o", "--recipe", recipe,
+                                                        "--densify", "none", "--optimizer", "adam-tr"]))
+    assert given.strategy.densify == "none" and given.optim.optimizer == "adam-tr"
+
+
+def test_the_default_recipe_is_the_train_command_default() -> None:
+    plain = config_from_args(build_parser().parse_args(["train", "d", "--out", "o"]))
+    assert plain == TrainConfig.make(data="d", out="o", **RECIPES[DEFAULT_RECIPE])

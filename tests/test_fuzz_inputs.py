@@ -144,7 +144,8 @@ def test_resume_refuses_changes_it_cannot_make(finished_run, scene, tmp_path, ca
     for argv, name in [(["train", "--resume", str(finished_run), "--optimizer", "tr"], "--optimizer"),
                        (["train", str(scene), "--resume", str(finished_run)], "DATA"),
                        (["train", "--resume", str(finished_run), "--out", str(tmp_path)], "--out"),
-                       (["train", "--resume", str(finished_run), "--iters", "2"], "--iters")]:
+                       (["train", "--resume", str(finished_run), "--iters", "2"], "--iters"),
+                       (["train", "--resume", str(finished_run), "--recipe", "paper"], "--recipe")]:
         _one_line_error(capsys, main(argv), name)
 
 

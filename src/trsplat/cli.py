@@ -10,7 +10,7 @@ import types
 import typing
 from pathlib import Path
 
-from trsplat.config import TrainConfig, field_default
+from trsplat.config import DEFAULT_RECIPE, RECIPES, TrainConfig, field_default
 from trsplat.errors import TrsplatError
 from trsplat.process_tuning import tune_process
 
@@ -55,6 +55,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
             parser.add_argument(flag, type=hint, **kwargs)
 
 
+def _flags(options: dict[str, object]) -> list[str]:
+    """``{"densify": "adc", "lpips": False}`` -> ``["--densify adc", "--no-lpips"]``."""
+    def flag(name: str, value: object) -> str:
+        name = name.replace("_", "-")
+        return (f"--{name}" if value else f"--no-{name}") if isinstance(value, bool) else f"--{name} {value}"
+    return [flag(k, v) for k, v in options.items()]
+
+
 def given_options(args: argparse.Namespace) -> dict[str, object]:
     """The config options given on the command line (leaf name -> value)."""
     given = {f.name: getattr(args, f.name) for f, _, _ in TrainConfig().leaves() if hasattr(args, f.name)}
@@ -62,7 +70,9 @@ def given_options(args: argparse.Namespace) -> dict[str, object]:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig.make(**given_options(args))
+    """The recipe's option values (``--recipe``, else :data:`DEFAULT_RECIPE`) under the options given."""
+    recipe = getattr(args, "recipe", None) or DEFAULT_RECIPE
+    return TrainConfig.make(**{**RECIPES[recipe], **given_options(args)})
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -110,6 +120,9 @@ def _train(args: argparse.Namespace, world) -> int:
         if args.data or args.out:
             raise TrsplatError(f"--resume {args.resume} continues that run in its folder with its data; "
                                f"do not give DATA or --out with it")
+        if args.recipe:
+            raise TrsplatError(f"--resume {args.resume} continues with the run's own options; "
+                               f"--recipe applies when a run starts")
         metrics = resume(args.resume, given_options(args), **options)
     else:
         if not args.data or not args.out:
@@ -245,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="?", default="", help="capture folder")
     p.add_argument("--out", default="", help="output folder of the run")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the stopped run in DIR")
+    p.add_argument("--recipe", choices=tuple(RECIPES), default=None,
+                   help="option values the run starts from; the options given override them (default: "
+                        f"{DEFAULT_RECIPE}; docs/training.md, 'Recipes': " +
+                        "; ".join(f"{k}: {' '.join(_flags(v)) or 'every option at its default'}"
+                                  for k, v in RECIPES.items()) + ")")
     add_config_arguments(p)
     v = p.add_argument_group("live viewer (docs/viewer.md)")
     v.add_argument("--viewer", action="store_true", help="serve the training live in the browser "

@@ -316,6 +316,23 @@ class TrainConfig:
         return sorted(set(chosen) | {self.iters})
 
 
+RECIPES: dict[str, dict[str, Any]] = {
+    "none": {},
+    "3dgs": {"optimizer": "adam", "densify": "adc"},
+    "3dgs-mcmc": {"optimizer": "adam", "densify": "mcmc"},
+    "paper": {"optimizer": "tr", "densify": "none"},
+    "tr-mcmc": {"optimizer": "tr", "curvature": "none", "tr_opacity_step": "adam", "densify": "mcmc",
+                "mcmc_noise_in_radius": True},
+}
+"""Named starting points of ``trsplat train --recipe``: option values that the options given on the
+command line override. ``none``: every option at its own default (Adam, no densification);
+``3dgs``: Adam with ADC (3DGS); ``3dgs-mcmc``: Adam with MCMC (3DGS-MCMC); ``paper``: 3DGS²-TR as
+published, no densification; ``tr-mcmc``: trsplat's densified trust region (docs/training.md,
+"Recipes", says which study chose each)."""
+
+DEFAULT_RECIPE = "none"
+"""The recipe of ``trsplat train`` without ``--recipe`` (docs/training.md, "Recipes")."""
+
 RENAMED = {"grad_views": "batch_views"}
 """Options of earlier versions under their new names (their ``config.json`` files still load)."""
 
