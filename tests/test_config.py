@@ -67,8 +67,8 @@ def test_defaults_are_valid_and_every_leaf_is_a_flag() -> None:
     cfg = config_from_args(args)
     assert cfg.optim.optimizer == "tr" and cfg.eval.eval_at == [3, 6] and cfg.eval.lpips is False
     assert cfg.scene.init_box is None and cfg.optim.tr_quat_norm_cap == 0.2
-    assert TrainConfig.from_dict({**TrainConfig().flat(), "optimizer": "tr", "eval_at": [3, 6], "lpips": False,
-                                  "tr_quat_norm_cap": 0.2}) == cfg
+    assert TrainConfig.from_dict({**TrainConfig().flat(), **RECIPES[DEFAULT_RECIPE], "optimizer": "tr",
+                                  "eval_at": [3, 6], "lpips": False, "tr_quat_norm_cap": 0.2}) == cfg
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_a_recipe_sets_its_options_and_the_given_ones_win(recipe) -> None:

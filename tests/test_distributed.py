@@ -40,7 +40,7 @@ def _options(scene: Path, out: Path, optimizer: str, iters: int = ITERS, **extra
 
 
 def _argv(options: dict) -> list[str]:
-    argv = [options.pop("data")]
+    argv = [options.pop("data"), "--recipe", "none"]  # as the one-process twin: TrainConfig's own defaults
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):

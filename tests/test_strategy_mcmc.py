@@ -157,6 +157,17 @@ def test_grow_adds_five_percent_up_to_the_cap(n, cap, added) -> None:
             assert v.shape == after[name].shape
 
 
+@pytest.mark.parametrize("logit", [-200.0, float("nan")])
+def test_nothing_to_copy_when_no_opacity_is_positive(logit) -> None:
+    """A collapsed (every opacity 0) or non-finite population neither grows nor relocates, so a
+    diverging run reaches the trainer's divergence check instead of failing in the sampler."""
+    g = _population(100, 5, 1.0)
+    g.opacity_logits.data[:] = logit
+    optimizer = _optimizer(g, "adam")
+    mcmc = _mcmc()
+    assert mcmc.relocate(g, optimizer) == 0 and mcmc.grow(g, optimizer) == 0 and len(g) == 100
+
+
 # -- noise and regularisers --------------------------------------------------------------------------
 def test_noise_is_covariance_shaped_and_gated_by_opacity() -> None:
     n = 20_000

@@ -330,7 +330,7 @@ command line override. ``none``: every option at its own default (Adam, no densi
 published, no densification; ``tr-mcmc``: trsplat's densified trust region (docs/training.md,
 "Recipes", says which study chose each)."""
 
-DEFAULT_RECIPE = "none"
+DEFAULT_RECIPE = "tr-mcmc"
 """The recipe of ``trsplat train`` without ``--recipe`` (docs/training.md, "Recipes")."""
 
 RENAMED = {"grad_views": "batch_views"}

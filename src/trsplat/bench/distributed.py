@@ -49,7 +49,8 @@ def run_training(run: Path, nproc: int, options: list[str], log: Path) -> dict[s
     metrics = run_dir.read_metrics() or {}
     if metrics.get("finished"):
         return metrics
-    args = ["--resume", str(run)] if run_dir.has_checkpoint() else [*options, "--out", str(run)]
+    # a new run starts from TrainConfig's own defaults (--recipe none), whatever train's default recipe
+    args = ["--resume", str(run)] if run_dir.has_checkpoint() else [*options, "--recipe", "none", "--out", str(run)]
     with open(log, "a") as handle:
         proc = subprocess.run(train_command(nproc, args), env={**os.environ, **ONE_THREAD},
                               stdout=handle, stderr=subprocess.STDOUT)

@@ -128,9 +128,10 @@ class MCMC(Strategy):
         p = self.params
         n = len(gaussians)
         n_new = max(0, min(p.cap_max, int((1.0 + p.grow_rate) * n)) - n)
-        if not n_new:
+        weights = gaussians.opacities.detach()
+        if not n_new or not bool(weights.sum() > 0):  # nothing to copy: every opacity 0 (or not finite)
             return 0
-        sources = self._sample(gaussians.opacities.detach(), n_new)
+        sources = self._sample(weights, n_new)
         self._share(gaussians, optimizer, sources)
         new = {k: v.detach()[sources] for k, v in gaussians.params().items()}
         ops.append(gaussians, optimizer, new, parents=sources, policy=p.state_policy)
