@@ -29,9 +29,12 @@ def _optional(kind):
     return parse
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ("data", "out")) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ("data", "out"),
+                         recipe: str | None = None) -> None:
     """One ``--option`` per leaf of :class:`TrainConfig`, typed from its annotation, with the help
-    text of its field metadata (allowed values are checked by :meth:`TrainConfig.validate`)."""
+    text of its field metadata (allowed values are checked by :meth:`TrainConfig.validate`); the
+    help of an option that ``recipe`` sets names the recipe's value too."""
+    recipe_values = RECIPES[recipe] if recipe else {}
     for f, owner, _ in TrainConfig().leaves():
         if f.name in skip:
             continue
@@ -41,7 +44,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
         help_text = f.metadata.get("help") or f.name.replace("_", " ")
         if f.metadata.get("choices"):
             help_text += f": {', '.join(f.metadata['choices'])}"
-        help_text += f" (default: {default})"
+        if f.name in recipe_values:
+            help_text += f" (default: {recipe_values[f.name]} in the default recipe {recipe}, else {default})"
+        else:
+            help_text += f" (default: {default})"
         # no default in the namespace: only the flags given appear (what --resume may change)
         kwargs = dict(default=argparse.SUPPRESS, help=help_text)
         inner = next(a for a in typing.get_args(hint) if a is not type(None)) if isinstance(hint, types.UnionType) else None
@@ -263,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{DEFAULT_RECIPE}; docs/training.md, 'Recipes': " +
                         "; ".join(f"{k}: {' '.join(_flags(v)) or 'every option at its default'}"
                                   for k, v in RECIPES.items()) + ")")
-    add_config_arguments(p)
+    add_config_arguments(p, recipe=DEFAULT_RECIPE)
     v = p.add_argument_group("live viewer (docs/viewer.md)")
     v.add_argument("--viewer", action="store_true", help="serve the training live in the browser "
                    "(current Gaussians, iteration, loss, PSNR, pause/resume)")
