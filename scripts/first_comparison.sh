@@ -21,7 +21,8 @@ REBUTTAL="--eps-start 1e-5 --eps-end 1e-7"
 run() {  # run NAME DATA ARGS...: train, resume or skip
     local dir=$OUT/$1; shift
     if [ -f "$dir/point_cloud.ply" ]; then echo "skip $dir"; return; fi
-    if [ -f "$dir/checkpoint.pt" ]; then $TRSPLAT train --resume "$dir"; else $TRSPLAT train "$@" --recipe none --out "$dir"; fi
+    if [ -f "$dir/checkpoint.pt" ]; then $TRSPLAT train --resume "$dir"
+    else $TRSPLAT train "$@" --recipe none --out "$dir"; fi
 }
 
 stream_a() {

@@ -70,6 +70,7 @@ def test_defaults_are_valid_and_every_leaf_is_a_flag() -> None:
     assert TrainConfig.from_dict({**TrainConfig().flat(), **RECIPES[DEFAULT_RECIPE], "optimizer": "tr",
                                   "eval_at": [3, 6], "lpips": False, "tr_quat_norm_cap": 0.2}) == cfg
 
+
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_a_recipe_sets_its_options_and_the_given_ones_win(recipe) -> None:
     """Each ``--recipe`` is a valid config holding exactly its values; the options given override it,
@@ -77,9 +78,9 @@ def test_a_recipe_sets_its_options_and_the_given_ones_win(recipe) -> None:
     values = RECIPES[recipe]
     cfg = config_from_args(build_parser().parse_args(["train", "d", "--out", "o", "--recipe", recipe]))
     cfg.validate()
-    assert {k: cfg.flat()[k] for k in values} == values
-    assert {k: v for k, v in cfg.flat().items() if k not in values} == \
-        {k: v for k, v in TrainConfig.make(data="d", out="o").flat().items() if k not in values}
+    flat, plain = cfg.flat(), TrainConfig.make(data="d", out="o").flat()
+    assert {k: flat[k] for k in values} == values
+    assert {k: v for k, v in flat.items() if k not in values} == {k: v for k, v in plain.items() if k not in values}
     given = config_from_args(build_parser().parse_args(["train", "d", "--out", "o", "--recipe", recipe,
                                                         "--densify", "none", "--optimizer", "adam-tr"]))
     assert given.strategy.densify == "none" and given.optim.optimizer == "adam-tr"

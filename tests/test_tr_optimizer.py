@@ -258,8 +258,9 @@ def test_clip_and_apply_equals_clipping_everything_before_moving():
 
 def test_adam_opacity_step_follows_torch_adam_and_leaves_the_rest_to_tr() -> None:
     """``opacity_step="adam"``: over six steps with fresh random gradients the opacity logits
-    match ``torch.optim.Adam`` at the same lr and betas, unclipped even where the trust region would clip them, while every other
-    parameter takes the paper's tr step (from the same parameters: their radii read the opacity)."""
+    match ``torch.optim.Adam`` at the same lr and betas, unclipped even where the trust region
+    would clip them, while every other parameter takes the paper's tr step (from the same
+    parameters: their radii read the opacity)."""
     gen = torch.Generator().manual_seed(11)
     base = random_gaussians(50, seed=3)
     hybrid = {k: v.clone() for k, v in base.params().items()}
