@@ -235,6 +235,20 @@ def test_regulariser_gradients_are_those_of_the_l1_terms() -> None:
     assert torch.equal(g.means.grad, torch.ones(30, 3))
 
 
+@pytest.mark.parametrize("iteration", [99, 100])
+def test_opacity_regulariser_until_stop_ends_at_the_last_relocation(iteration) -> None:
+    """``opacity_reg_until_stop``: the opacity term is added before ``stop`` and not from it on;
+    the scale term always."""
+    grads = {}
+    for until_stop in (False, True):
+        g = _population(30, 7, 1.0)
+        g.opacity_logits.grad = torch.zeros(30)
+        _mcmc(stop=100, opacity_reg_until_stop=until_stop).add_regularizer_grads(g, iteration)
+        grads[until_stop] = (g.opacity_logits.grad, g.log_scales.grad)
+    assert torch.equal(grads[True][1], grads[False][1]) and bool((grads[False][0] > 0).all())
+    assert torch.equal(grads[True][0], grads[False][0] if iteration < 100 else torch.zeros(30))
+
+
 # -- optimiser state of relocated Gaussians ----------------------------------------------------------
 def _grads(g: Gaussians, seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)

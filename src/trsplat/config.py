@@ -201,6 +201,8 @@ class StrategyConfig:
     mcmc_noise_in_radius: bool = opt(False, "mcmc with tr or adam-tr: clip each position-noise coordinate to "
                                      "the trust region's position radius (docs/densification.md)")
     opacity_reg: float = opt(0.01, "mcmc: weight of the L1 opacity regulariser", lo=0)
+    opacity_reg_until_stop: bool = opt(False, "mcmc: apply the opacity regulariser only while relocating "
+                                       "(after the last relocation it fades Gaussians that nothing reuses)")
     scale_reg: float = opt(0.01, "mcmc: weight of the L1 scale regulariser", lo=0)
 
 

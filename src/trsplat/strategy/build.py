@@ -75,7 +75,7 @@ def build_strategy(scfg: Any = "none", ocfg: Any = None, *, iters: int = REFEREN
         stop=_scaled(_or(scfg.densify_stop, d.stop), s), every=scaled_every(scfg.densify_every, s),
         grow_rate=scfg.mcmc_grow_rate, min_opacity=scfg.prune_opacity, noise_lr=scfg.mcmc_noise_lr,
         opacity_reg=scfg.opacity_reg, scale_reg=scfg.scale_reg, state_policy=scfg.densify_state,
-        noise_in_radius=scfg.mcmc_noise_in_radius)
+        noise_in_radius=scfg.mcmc_noise_in_radius, opacity_reg_until_stop=scfg.opacity_reg_until_stop)
     lr = functools.partial(exponential_decay, start=ocfg.lr_means * extent, end=ocfg.lr_means_final * extent,
                            max_steps=ocfg.lr_means_max_steps or iters)
     return MCMC(params, position_lr=lr, seed=seed)

@@ -4,7 +4,8 @@ Every ``every`` iterations in (``start``, ``stop``): the dead Gaussians (opacity
 ``min_opacity``) move onto live ones drawn with probability ∝ opacity, and ``grow_rate`` × N new
 Gaussians (up to ``cap_max``) are drawn the same way; a source drawn n − 1 times and its n − 1
 copies share its contribution (:func:`relocation`). Every iteration: the L1 regularisers
-``opacity_reg`` · mean(opacity) + ``scale_reg`` · mean(scale) join the gradient, and the
+``opacity_reg`` · mean(opacity) + ``scale_reg`` · mean(scale) join the gradient (with
+``opacity_reg_until_stop`` the opacity term only before ``stop``), and the
 positions get the noise lr · ``noise_lr`` · σ(−k(o − t)) · Σ ε, ε ~ N(0, I), Σ the Gaussian's
 covariance and lr the position learning rate of the iteration. Conventions and departures:
 ``docs/densification.md``.
@@ -44,6 +45,7 @@ class MCMCParams:
     scale_reg: float = 0.01
     state_policy: str = "zero"
     noise_in_radius: bool = False
+    opacity_reg_until_stop: bool = False
 
 
 def relocation(opacities: torch.Tensor, scales: torch.Tensor, ratios: torch.Tensor,
@@ -84,7 +86,7 @@ class MCMC(Strategy):
     def step_post_backward(self, gaussians: Gaussians, optimizer: torch.optim.Optimizer, info: StepInfo) -> None:
         p = self.params
         it = info.iteration
-        self.add_regularizer_grads(gaussians)
+        self.add_regularizer_grads(gaussians, it)
         if p.start < it < p.stop and it % p.every == 0:
             relocated = self.relocate(gaussians, optimizer)
             added = self.grow(gaussians, optimizer)
@@ -95,12 +97,13 @@ class MCMC(Strategy):
 
     # -- pieces -------------------------------------------------------------------------------
     @torch.no_grad()
-    def add_regularizer_grads(self, gaussians: Gaussians) -> None:
+    def add_regularizer_grads(self, gaussians: Gaussians, iteration: int = 0) -> None:
         """Gradients of opacity_reg · mean(sigmoid(l)) and scale_reg · mean(exp(log s)) (the
-        L1 norms of positive quantities), added to ``.grad`` after the gradient sync."""
+        L1 norms of positive quantities), added to ``.grad`` after the gradient sync; with
+        ``opacity_reg_until_stop`` the opacity term stops at ``stop``, the last relocation."""
         p = self.params
         grads = {}
-        if p.opacity_reg > 0:
+        if p.opacity_reg > 0 and not (p.opacity_reg_until_stop and iteration >= p.stop):
             o = gaussians.opacities.detach()
             grads["opacity_logits"] = p.opacity_reg * o * (1 - o) / o.numel()
         if p.scale_reg > 0:
