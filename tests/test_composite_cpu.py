@@ -9,6 +9,8 @@ Tolerances as in ``tests/helpers.py``.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -172,6 +174,23 @@ def test_project_cpu_torch_func():
     gb = torch.func.vjp(conics(project), params)[1](ct)[0]
     for name in PARAM_NAMES:
         assert_rel_close(ga[name], gb[name], f"func.vjp {name}")
+
+
+def test_project_cpu_frees_the_sh_tangent_after_the_jvp():
+    """The projection saves the SH concatenation without its forward-AD tangent, so the tangent
+    is freed once the JVP has run instead of being held by the graph (the curvature estimate's
+    peak memory); the gradients do not need it."""
+    g, cam = make_scene(*SCENES[3])
+    tans = tangents(g, 2)
+    gg = g.clone().requires_grad_()
+    with fwAD.dual_level():
+        gd = Gaussians.from_params({k: fwAD.make_dual(v, tans[k]) for k, v in gg.params().items()})
+        sh = gd.sh
+        sh_tangent = weakref.ref(fwAD.unpack_dual(sh).tangent)
+        p = project_cpu(gd.means, gd.log_scales, gd.quats, gd.opacity_logits, sh, cam, 3)
+        del sh
+        assert sh_tangent() is None
+        assert fwAD.unpack_dual(p.colors).tangent is not None
 
 
 def test_project_cpu_float64_and_double_backward():

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
+from torch.autograd import forward_ad
 
 from trsplat.gaussians import Gaussians
 from trsplat.loss import residuals
@@ -57,6 +60,26 @@ def test_gauss_newton_product_matches_dense_jacobian() -> None:
             got = _flatten(gauss_newton_product(params, frame, residual_fn, z), names)
             want = jac.T @ (jac @ _flatten(z, names))
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12 * want.abs().max())
+
+
+def test_gauss_newton_product_backward_runs_without_tangents() -> None:
+    """The backward of JᵀJz starts with the residual's tangent freed: Jz is passed detached from
+    the graph autograd records for it, and the dual level (which holds the tangents of the
+    graph's saved tensors) is left before (the curvature estimate's peak memory)."""
+    params, frame, residual_fn, *_ = _tiny_problem()
+    freed = []
+
+    def traced(p: dict[str, torch.Tensor], fr: _Frame) -> torch.Tensor:
+        r = residual_fn(p, fr)
+        tangent = weakref.ref(forward_ad.unpack_dual(r).tangent)
+        r.register_hook(lambda grad: freed.append(tangent() is None))
+        return r
+
+    z = {k: torch.ones_like(v) for k, v in params.items()}
+    got = gauss_newton_product(params, frame, traced, z)
+    assert freed == [True]
+    want = gauss_newton_product(params, frame, residual_fn, z)
+    assert all(torch.equal(got[k], want[k]) for k in params)
 
 
 def _check_estimator_converges(estimator, params, frame, residual_fn, jac, names, n: int) -> torch.Tensor:

@@ -33,7 +33,7 @@ ResidualFn = Callable[[dict[str, torch.Tensor], object], torch.Tensor]
 def rademacher_like(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A ±1 tensor shaped like ``t`` (drawn on the CPU generator, moved to ``t``'s device)."""
     bits = torch.randint(0, 2, t.shape, generator=generator, dtype=torch.int8)
-    return (bits.to(t.dtype) * 2 - 1).to(t.device)
+    return bits.to(t.dtype).mul_(2).sub_(1).to(t.device)  # in place: one float buffer (peak memory)
 
 
 Share = tuple[int, int]
@@ -62,11 +62,15 @@ def gauss_newton_product(params: dict[str, torch.Tensor], frame, residual_fn: Re
     leaves = _leaves(params)
     with forward_ad.dual_level():
         duals = {k: forward_ad.make_dual(v, z[k]) for k, v in leaves.items()}
-        r_dual = residual_fn(duals, frame)
-        primal, tangent = forward_ad.unpack_dual(r_dual)
-        if tangent is None:  # nothing in view depends on the parameters
-            return {k: torch.zeros_like(v) for k, v in leaves.items()}
-        return _grads(primal, leaves, tangent.detach())
+        primal, tangent = forward_ad.unpack_dual(residual_fn(duals, frame))
+        jz = None if tangent is None else tangent.detach()
+        del duals, tangent
+    # Peak memory: Jz is kept without the graph autograd records for it (which holds the
+    # intermediates it was computed from), and the backward runs after the dual level is left,
+    # which frees the tangents the graph's saved tensors still hold (it reads only primals).
+    if jz is None:  # nothing in view depends on the parameters
+        return {k: torch.zeros_like(v) for k, v in leaves.items()}
+    return _grads(primal, leaves, jz)
 
 
 def hutchinson(params: dict[str, torch.Tensor], frames: Sequence, residual_fn: ResidualFn,

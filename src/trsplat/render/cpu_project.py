@@ -25,7 +25,7 @@ import torch
 from numba import njit, prange
 
 from trsplat.camera import Camera
-from trsplat.render.composite_autograd import primal
+from trsplat.render.composite_autograd import is_functorch, primal
 from trsplat.render.project import LOW_PASS, NEAR_PLANE, TILE_SIZE, Projected, project
 from trsplat.render.sh import C0, C1, C2, C3
 
@@ -538,6 +538,9 @@ class _ProjectCPU(torch.autograd.Function):
         means, log_scales, quats, opacity_logits, sh, camera, sh_degree = inputs
         _, _, _, colors, opacities, ids, radii = output
         ctx.mark_non_differentiable(ids, radii)
+        # sh (render()'s fresh concatenation) is saved without its forward-AD tangent, which is
+        # then freed once jvp has run instead of living as long as the graph (peak memory)
+        sh = sh if is_functorch(sh) else sh.detach()
         ctx.save_for_backward(means, log_scales, quats, sh, ids, colors, opacities)
         ctx.save_for_forward(means, log_scales, quats, sh, ids, colors, opacities)
         ctx.camera = camera
