@@ -82,6 +82,22 @@ def test_gauss_newton_product_backward_runs_without_tangents() -> None:
     assert all(torch.equal(got[k], want[k]) for k in params)
 
 
+def test_gauss_newton_product_records_no_graph_for_the_residual_tangent() -> None:
+    """The residuals' tangent (Jz) comes without the graph autograd would record for it, which
+    holds the SSIM's intermediates (the curvature estimate's peak memory); r keeps its graph."""
+    params, frame, residual_fn, *_ = _tiny_problem()
+    seen = []
+
+    def traced(p: dict[str, torch.Tensor], fr: _Frame) -> torch.Tensor:
+        r = residual_fn(p, fr)
+        primal, tangent = forward_ad.unpack_dual(r)
+        seen.append((primal.requires_grad, tangent.requires_grad))
+        return r
+
+    gauss_newton_product(params, frame, traced, {k: torch.ones_like(v) for k, v in params.items()})
+    assert seen == [(True, False)]
+
+
 def _check_estimator_converges(estimator, params, frame, residual_fn, jac, names, n: int) -> torch.Tensor:
     """Mean of n single-probe samples vs diag(JᵀJ), with a tolerance of 5 standard errors per entry."""
     gen = torch.Generator().manual_seed(1)

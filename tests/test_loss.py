@@ -250,6 +250,27 @@ def test_forward_mode_matches_jacobian(form: str) -> None:
     torch.testing.assert_close(x.grad.reshape(-1), jac.T @ jv_ref)
 
 
+@pytest.mark.parametrize("form", ["sqrt", "l2"])
+def test_forward_mode_under_autograd_records_no_graph_for_the_tangent(form: str) -> None:
+    """A dual image whose primal requires grad (the Gauss–Newton products): r's tangent is
+    computed without the graph autograd would record for it (the SSIM's intermediates: the
+    curvature estimate's peak memory), with the same values, and r's primal keeps its graph."""
+    from trsplat.loss import _residuals
+
+    img, gt = _pair(12, 9, seed=3)
+    v = torch.randn(img.shape, generator=torch.Generator().manual_seed(7))
+    w = torch.randn(2 * img.numel(), generator=torch.Generator().manual_seed(8))
+    x = img.clone().requires_grad_(True)
+    with fwAD.dual_level():
+        primal, tangent = fwAD.unpack_dual(residuals(fwAD.make_dual(x, v), gt, form=form))  # type: ignore[arg-type]
+        ref_primal, ref_tangent = fwAD.unpack_dual(_residuals(fwAD.make_dual(x, v), gt, form, 0.2, 1e-6))  # type: ignore[arg-type]
+        assert ref_tangent.requires_grad and not tangent.requires_grad
+        assert torch.equal(primal, ref_primal) and torch.equal(tangent, ref_tangent)
+        (grad,) = torch.autograd.grad(primal, x, w)
+        (ref_grad,) = torch.autograd.grad(ref_primal, x, w)
+    assert torch.equal(grad, ref_grad)
+
+
 def test_forward_mode_training_loss_and_ssim() -> None:
     img, gt = _pair(10, 9, seed=4)
     img, gt = img.double(), gt.double()

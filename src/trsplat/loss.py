@@ -31,6 +31,7 @@ import math
 from typing import Literal
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
 __all__ = [
@@ -224,7 +225,23 @@ def residuals(
     Returns:
         Flat tensor of length ``2n``: ``[r_L1.flatten(), r_S.flatten()]``, each block in the
         row-major order of ``img`` (``(…, H, W, C)``).
+
+    Forward-mode AD under autograd (a dual ``img`` of :mod:`torch.autograd.forward_ad` whose
+    primal requires grad, as in the Gauss–Newton products): ``r``'s tangent is computed first and
+    without a graph (it is not differentiable), then its primal with one. Same values; the graph
+    autograd would record for the tangent holds the SSIM's intermediates (peak memory).
     """
+    img_primal, img_tangent = fwAD.unpack_dual(img)
+    if img_tangent is not None and img_primal.requires_grad and torch.is_grad_enabled():
+        with torch.no_grad():  # first, so that its intermediates are freed before the graph is built
+            dual = fwAD.make_dual(img_primal, img_tangent)
+            r_tangent = fwAD.unpack_dual(_residuals(dual, gt, form, lambda_dssim, delta)).tangent
+        return fwAD.make_dual(_residuals(img_primal, gt, form, lambda_dssim, delta), r_tangent)
+    return _residuals(img, gt, form, lambda_dssim, delta)
+
+
+def _residuals(img: torch.Tensor, gt: torch.Tensor, form: ResidualForm, lambda_dssim: float,
+               delta: float) -> torch.Tensor:
     _check_pair(img, gt)
     if not 0.0 <= lambda_dssim <= 1.0:
         raise ValueError(f"lambda_dssim must be in [0, 1], got {lambda_dssim}")
