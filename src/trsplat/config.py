@@ -324,7 +324,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "3dgs-mcmc": {"optimizer": "adam", "densify": "mcmc"},
     "paper": {"optimizer": "tr", "densify": "none"},
     "tr-mcmc": {"optimizer": "tr", "curvature": "none", "tr_opacity_step": "adam", "densify": "mcmc",
-                "mcmc_noise_in_radius": True},
+                "mcmc_noise_in_radius": True, "opacity_reg_until_stop": True},
 }
 """Named starting points of ``trsplat train --recipe``: option values that the options given on the
 command line override. ``none``: every option at its own default (Adam, no densification);
