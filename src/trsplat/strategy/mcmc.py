@@ -100,7 +100,7 @@ class MCMC(Strategy):
     def add_regularizer_grads(self, gaussians: Gaussians, iteration: int = 0) -> None:
         """Gradients of opacity_reg · mean(sigmoid(l)) and scale_reg · mean(exp(log s)) (the
         L1 norms of positive quantities), added to ``.grad`` after the gradient sync; with
-        ``opacity_reg_until_stop`` the opacity term stops at ``stop``, the last relocation."""
+        ``opacity_reg_until_stop`` the opacity term ends at ``stop``, after the last relocation."""
         p = self.params
         grads = {}
         if p.opacity_reg > 0 and not (p.opacity_reg_until_stop and iteration >= p.stop):
