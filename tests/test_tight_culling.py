@@ -24,6 +24,7 @@ from numba import njit
 from trsplat.render import cpu_kernels as K
 from trsplat.render.composite_cpu import _boxes, _pack, composite_cpu
 from trsplat.render.composite_reference import composite_reference
+from trsplat.render.cpu_tiles import culling_ellipse, ellipse_touches_rect
 from trsplat.render.tiles import bin_splats
 
 TILE = 16
@@ -193,6 +194,27 @@ def test_tight_bins_keep_the_order():
         b = tight.splat_ids[tight.tile_offsets[t]:tight.tile_offsets[t + 1]].tolist()
         it = iter(a)
         assert all(x in it for x in b)   # b is a subsequence of a
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_tight_bins_are_the_rectangles_filtered_by_the_ellipse_test(seed):
+    """Each tile keeps exactly the 3-sigma entries whose culling ellipse touches one of its pixel
+    centres (``ellipse_touches_rect``, one pair at a time), in the 3-sigma order."""
+    width, height = 150, 110
+    m, con, f, o, radii, depths, _ = elongated_splats(seed, 2500, width, height)
+    o[::7] = 0.002   # never usable: no tile at all
+    full = bin_splats(m, radii, depths, width, height)
+    tight = bin_splats(m, radii, depths, width, height, con, o)
+    mn, cn, on = m.numpy().astype(np.float32), con.numpy().astype(np.float32), o.numpy().astype(np.float32)
+    for t in range(full.grid_x * full.grid_y):
+        px0, py0 = (t % full.grid_x) * TILE, (t // full.grid_x) * TILE
+        px1, py1 = min(px0 + TILE, width) - 1, min(py0 + TILE, height) - 1
+        expected = []
+        for s in full.splat_ids[full.tile_offsets[t]:full.tile_offsets[t + 1]].tolist():
+            e = culling_ellipse(mn[s, 0], mn[s, 1], cn[s, 0], cn[s, 1], cn[s, 2], on[s], width, height)
+            if ellipse_touches_rect(e, mn[s, 0], mn[s, 1], px0, px1, py0, py1):
+                expected.append(s)
+        assert tight.splat_ids[tight.tile_offsets[t]:tight.tile_offsets[t + 1]].tolist() == expected
 
 
 # -- the previous scalar kernels (one pixel and splat at a time, libm expf), as an oracle -------

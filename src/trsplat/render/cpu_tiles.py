@@ -197,22 +197,27 @@ def ellipse_touches_rect(e, mx, my, px0, px1, py0, py1):
 
 
 @njit(fastmath=False, cache=True)
-def _cull_flags(x0, x1, y0, y1, tile, width, height, means2d, conics, opacities):
-    """Per splat, one flag per tile of its rectangle [x0, x1) × [y0, y1) (row-major): can its
-    ellipse reach a pixel of that tile.
+def _counting_sort_culled(order, x0, x1, y0, y1, grid_x, n_tiles, tile, width, height, means2d,
+                          conics, opacities):
+    """:func:`_counting_sort` keeping only the tiles of each rectangle that the splat's culling
+    ellipse touches (:func:`ellipse_touches_rect`, evaluated one tile row at a time).
 
-    Returns (flags uint8, start int64 (V + 1,)): splat s owns ``flags[start[s]:start[s + 1]]``.
-    Splats are visited in index order, so the per-splat inputs are read sequentially. Serial:
-    the pass is short (~7 ms of CPU on the chair at 100k splats) and a ``prange`` over splats
-    cost 2-4x more CPU time in thread start-up and spinning than it saved (docs/cpu_performance.md).
+    The first pass visits the splats in index order (sequential reads) and writes each splat's
+    kept tiles to a flat buffer, counting them per tile; the second scatters the splat ids in
+    depth order by those counts, reading only the kept tiles. Serial: a ``prange`` over splats
+    cost more CPU time in thread start-up and spinning than it saved (docs/cpu_performance.md).
     """
     n = x0.shape[0]
-    start = np.zeros(n + 1, dtype=np.int64)
+    total = 0
     for s in range(n):
-        start[s + 1] = start[s] + max(x1[s] - x0[s], 0) * max(y1[s] - y0[s], 0)
-    flags = np.zeros(start[n], dtype=np.uint8)
+        total += max(x1[s] - x0[s], 0) * max(y1[s] - y0[s], 0)
+    kept = np.empty(total, dtype=np.int32)
+    first = np.empty(n + 1, dtype=np.int64)
+    counts = np.zeros(n_tiles + 1, dtype=np.int64)
+    k = 0
     for s in range(n):
-        if start[s + 1] == start[s]:
+        first[s] = k
+        if not (x1[s] > x0[s] and y1[s] > y0[s]):
             continue
         mx = np.float64(means2d[s, 0])
         my = np.float64(means2d[s, 1])
@@ -220,52 +225,35 @@ def _cull_flags(x0, x1, y0, y1, tile, width, height, means2d, conics, opacities)
                             width, height)
         state = e[5]
         m = e[4]
-        k = start[s]
+        if state == 0.0:  # the splat can never be used: no tile
+            continue
         for ty in range(y0[s], y1[s]):
             py0 = ty * tile
             py1 = min(py0 + tile, height) - 1
             if state > 0.0:
                 x_lo, x_hi = ellipse_strip_span(e, my - py1 - m, my - py0 + m)
             else:
-                x_lo, x_hi = (-np.inf, np.inf) if state < 0.0 else (np.inf, -np.inf)
+                x_lo, x_hi = -np.inf, np.inf
             for tx in range(x0[s], x1[s]):
                 px0 = tx * tile
                 px1 = min(px0 + tile, width) - 1
-                flags[k] = (x_lo <= mx - px0 + m) and (mx - px1 - m <= x_hi)
-                k += 1
-    return flags, start
-
-
-@njit(fastmath=False, cache=True)
-def _counting_sort_culled(order, x0, x1, y0, y1, grid_x, n_tiles, flags, start):
-    """:func:`_counting_sort` keeping only the tiles flagged by :func:`_cull_flags`."""
-    r = _in_order(order, x0, x1, y0, y1)
-    first = np.empty(order.shape[0], dtype=np.int64)
-    for i in range(order.shape[0]):
-        first[i] = start[order[i]]
-    counts = np.zeros(n_tiles + 1, dtype=np.int64)
-    for i in range(order.shape[0]):
-        k = first[i]
-        for ty in range(r[2, i], r[3, i]):
-            for tx in range(r[0, i], r[1, i]):
-                counts[ty * grid_x + tx + 1] += flags[k]
-                k += 1
+                if (x_lo <= mx - px0 + m) and (mx - px1 - m <= x_hi):
+                    t = ty * grid_x + tx
+                    kept[k] = t
+                    counts[t + 1] += 1
+                    k += 1
+    first[n] = k
     for t in range(n_tiles):
         counts[t + 1] += counts[t]
-    offsets = counts.copy()
     cursor = counts[:n_tiles].copy()
-    ids = np.empty(offsets[n_tiles], dtype=np.int64)
+    ids = np.empty(counts[n_tiles], dtype=np.int64)
     for i in range(order.shape[0]):
         s = order[i]
-        k = first[i]
-        for ty in range(r[2, i], r[3, i]):
-            for tx in range(r[0, i], r[1, i]):
-                if flags[k]:
-                    t = ty * grid_x + tx
-                    ids[cursor[t]] = s
-                    cursor[t] += 1
-                k += 1
-    return ids, offsets
+        for j in range(first[s], first[s + 1]):
+            t = kept[j]
+            ids[cursor[t]] = s
+            cursor[t] += 1
+    return ids, counts
 
 
 @njit(fastmath=False, cache=True)
@@ -331,9 +319,8 @@ def bin_splats_counting(means2d, radii, depths, tile: int, grid_x: int, grid_y: 
         if cull:
             con = plain[3].cpu().float().contiguous().numpy()
             opa = plain[4].cpu().float().contiguous().numpy()
-            flags, start = _cull_flags(*rects, int(tile), int(width), int(height), m32, con, opa)
             ids, offsets = _counting_sort_culled(order.numpy(), *rects, int(grid_x), n_tiles,
-                                                 flags, start)
+                                                 int(tile), int(width), int(height), m32, con, opa)
         else:
             ids, offsets = _counting_sort(order.numpy(), *rects, int(grid_x), n_tiles)
         return torch.from_numpy(ids), torch.from_numpy(offsets)
