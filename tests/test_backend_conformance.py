@@ -398,7 +398,7 @@ def test_cases_exercise_the_edge_cases():
     for scene in TINY_SCENES:
         g, cam = make_scene(*scene)
         with torch.no_grad():
-            p = project(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh, cam, 3)
+            p = project(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh_dc, g.sh_rest, cam, 3)
             bins = bin_splats(p.means2d, p.radii, p.depths, cam.width, cam.height)
             out = render(g, cam)
         counts = bins.tile_offsets[1:] - bins.tile_offsets[:-1]

@@ -29,7 +29,7 @@ from trsplat.training.trainer import prepare
 def _stages_image(g: Gaussians, cam, backend: str, means2d_leaf: bool = False):
     """The image from the backend's three stages called directly (render() before means2d)."""
     st = get_backend(backend)
-    proj = st.project(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh, cam, 3)
+    proj = st.project(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh_dc, g.sh_rest, cam, 3)
     bins = st.bin(proj.means2d, proj.radii, proj.depths, cam.width, cam.height, proj.conics, proj.opacities)
     m = proj.means2d.detach().requires_grad_(True) if means2d_leaf else proj.means2d
     features = torch.cat([proj.colors, proj.depths[:, None]], dim=1)

@@ -409,7 +409,7 @@ def measure_case(case: BenchCase, backend: str, repeats: int = 5, max_reference_
 
     with torch.no_grad():
         t0 = time.perf_counter()
-        proj = project_fn(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh, cam, 3)
+        proj = project_fn(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh_dc, g.sh_rest, cam, 3)
         t1 = time.perf_counter()
         bins = bin_splats(proj.means2d, proj.radii, proj.depths, cam.width, cam.height,
                           proj.conics, proj.opacities)
@@ -494,7 +494,7 @@ def measure_case(case: BenchCase, backend: str, repeats: int = 5, max_reference_
                       cam.width, cam.height, bg)
 
         def proj_fn():
-            project_fn(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh, cam, 3)
+            project_fn(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh_dc, g.sh_rest, cam, 3)
 
         def bin_fn():
             bin_splats(proj.means2d, proj.radii, proj.depths, cam.width, cam.height,
@@ -563,7 +563,7 @@ def measure_compile() -> dict[str, float]:
     out["binning_s"] = time.perf_counter() - ta
     gg = g.clone().requires_grad_()
     ta = time.perf_counter()
-    p = project_cpu(gg.means, gg.log_scales, gg.quats, gg.opacity_logits, gg.sh, cam, 3)
+    p = project_cpu(gg.means, gg.log_scales, gg.quats, gg.opacity_logits, gg.sh_dc, gg.sh_rest, cam, 3)
     out["project_forward_s"] = time.perf_counter() - ta
     ta = time.perf_counter()
     p.conics.sum().backward()
@@ -571,7 +571,7 @@ def measure_compile() -> dict[str, float]:
     ta = time.perf_counter()
     with fwAD.dual_level():
         dual = fwAD.make_dual(g.means, torch.ones_like(g.means))
-        project_cpu(dual, g.log_scales, g.quats, g.opacity_logits, g.sh, cam, 3)
+        project_cpu(dual, g.log_scales, g.quats, g.opacity_logits, g.sh_dc, g.sh_rest, cam, 3)
     out["project_jvp_s"] = time.perf_counter() - ta
     out["total_s"] = sum(v for k, v in out.items() if k != "total_s")
     return out

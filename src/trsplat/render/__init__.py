@@ -56,7 +56,8 @@ def render(
     device = g.means.device
     stages = get_backend(resolve_backend(backend))
     bg = torch.as_tensor(background, dtype=g.means.dtype, device=device)
-    proj = stages.project(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh, camera, sh_degree)
+    proj = stages.project(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh_dc, g.sh_rest,
+                          camera, sh_degree)
     bins = stages.bin(proj.means2d, proj.radii, proj.depths, camera.width, camera.height, proj.conics,
                       proj.opacities)
     features = torch.cat([proj.colors, proj.depths[:, None]], dim=1)

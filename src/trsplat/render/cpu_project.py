@@ -25,7 +25,7 @@ import torch
 from numba import njit, prange
 
 from trsplat.camera import Camera
-from trsplat.render.composite_autograd import is_functorch, primal
+from trsplat.render.composite_autograd import primal
 from trsplat.render.project import LOW_PASS, NEAR_PLANE, TILE_SIZE, Projected, project
 from trsplat.render.sh import C0, C1, C2, C3
 
@@ -163,9 +163,20 @@ def _geometry(i, n, means, log_scales, quats, rot_v, trans_v, fx, fy, lims, pv, 
     return qnorm, in_x, in_y, xz, yz
 
 
+@njit(inline="always")
+def _load_sh(sh_dc, sh_rest, n, n_coef, out):
+    """Gaussian n's first ``n_coef`` SH coefficients, dc then rest, as float64 into out (16, 3)."""
+    for ch in range(3):
+        out[0, ch] = np.float64(sh_dc[n, 0, ch])
+    for k in range(1, n_coef):
+        for ch in range(3):
+            out[k, ch] = np.float64(sh_rest[n, k - 1, ch])
+
+
 # -- forward (primal) ------------------------------------------------------------------------
 @njit(parallel=True, fastmath=False, cache=True)
-def project_forward_kernel(means, log_scales, quats, opacity_logits, sh, rot_v, trans_v, fx, fy,
+def project_forward_kernel(means, log_scales, quats, opacity_logits, sh_dc, sh_rest, rot_v,
+                           trans_v, fx, fy,
                            cx, cy, lims, campos, degree, low_pass, near, width, height, tile,
                            keep, m2d, con, dep, rad, col, opa):
     """The primal of :func:`project` for every Gaussian, in float64, rounded to float32 outputs.
@@ -183,6 +194,7 @@ def project_forward_kernel(means, log_scales, quats, opacity_logits, sh, rot_v, 
         pv, qn, rq, s, mm, pm, jac, tmat, cov = _geometry_scratch()
         basis = np.empty(16)
         bgrad = np.empty((16, 3))
+        shc = np.empty((16, 3))
         for n in range(ci * chunk, min(n_all, (ci + 1) * chunk)):
             keep[n] = False
             z = (rot_v[2, 0] * means[n, 0] + rot_v[2, 1] * means[n, 1] + rot_v[2, 2] * means[n, 2]
@@ -226,20 +238,21 @@ def project_forward_kernel(means, log_scales, quats, opacity_logits, sh, rot_v, 
             d2 = np.float64(means[n, 2]) - campos[2]
             den = max(math.sqrt(d0 * d0 + d1 * d1 + d2 * d2), _EPS)
             _sh_basis(degree, d0 / den, d1 / den, d2 / den, basis, bgrad)
+            _load_sh(sh_dc, sh_rest, n, n_coef, shc)
             for ch in range(3):
                 raw = 0.5
                 for k in range(n_coef):
-                    raw += basis[k] * np.float64(sh[n, k, ch])
+                    raw += basis[k] * shc[k, ch]
                 col[n, ch] = np.float32(max(raw, 0.0))
             opa[n] = np.float32(1.0 / (1.0 + math.exp(-np.float64(opacity_logits[n]))))
 
 
 # -- VJP --------------------------------------------------------------------------------------
 @njit(parallel=True, fastmath=False, cache=True)
-def project_vjp_kernel(means, log_scales, quats, sh, ids, colors_out, opac_out, rot_v, trans_v,
-                       fx, fy, lims, campos, degree, low_pass,
+def project_vjp_kernel(means, log_scales, quats, sh_dc, sh_rest, ids, colors_out, opac_out, rot_v,
+                       trans_v, fx, fy, lims, campos, degree, low_pass,
                        g_m2d, g_con, g_dep, g_col, g_op,
-                       d_means, d_log_scales, d_quats, d_sh, d_logits):
+                       d_means, d_log_scales, d_quats, d_sh_dc, d_sh_rest, d_logits):
     """Gradients w.r.t. the raw parameters, written to the rows ``ids`` (zero elsewhere)."""
     n_coef = (degree + 1) * (degree + 1)
     chunk = 256
@@ -253,6 +266,7 @@ def project_vjp_kernel(means, log_scales, quats, sh, ids, colors_out, opac_out, 
         d_r = np.empty((3, 3))
         basis = np.empty(16)
         bgrad = np.empty((16, 3))
+        shc = np.empty((16, 3))
         for i in range(ci * chunk, min(n_vis, (ci + 1) * chunk)):
             n = ids[i]
             qnorm, in_x, in_y, xz, yz = _geometry(i, n, means, log_scales, quats, rot_v, trans_v,
@@ -345,19 +359,22 @@ def project_vjp_kernel(means, log_scales, quats, sh, ids, colors_out, opac_out, 
             den = max(nd, _EPS)
             ux, uy, uz = dv0 / den, dv1 / den, dv2 / den
             _sh_basis(degree, ux, uy, uz, basis, bgrad)
+            _load_sh(sh_dc, sh_rest, n, n_coef, shc)
             gdir0 = 0.0
             gdir1 = 0.0
             gdir2 = 0.0
             for ch in range(3):
                 raw = 0.5
                 for k in range(n_coef):
-                    raw += basis[k] * np.float64(sh[n, k, ch])
+                    raw += basis[k] * shc[k, ch]
                 gcol = np.float64(g_col[i, ch])
                 if not (colors_out[i, ch] > 0.0 or raw >= 0.0):
                     gcol = 0.0
+                d_sh_dc[n, 0, ch] = np.float32(gcol * basis[0])
+                for k in range(1, n_coef):
+                    d_sh_rest[n, k - 1, ch] = np.float32(gcol * basis[k])
                 for k in range(n_coef):
-                    d_sh[n, k, ch] = np.float32(gcol * basis[k])
-                    shv = gcol * np.float64(sh[n, k, ch])
+                    shv = gcol * shc[k, ch]
                     gdir0 += shv * bgrad[k, 0]
                     gdir1 += shv * bgrad[k, 1]
                     gdir2 += shv * bgrad[k, 2]
@@ -379,9 +396,9 @@ def project_vjp_kernel(means, log_scales, quats, sh, ids, colors_out, opac_out, 
 
 # -- JVP --------------------------------------------------------------------------------------
 @njit(parallel=True, fastmath=False, cache=True)
-def project_jvp_kernel(means, log_scales, quats, sh, ids, colors_out, opac_out, rot_v, trans_v,
-                       fx, fy, lims, campos, degree, low_pass,
-                       t_means, t_log_scales, t_quats, t_sh, t_logits,
+def project_jvp_kernel(means, log_scales, quats, sh_dc, sh_rest, ids, colors_out, opac_out, rot_v,
+                       trans_v, fx, fy, lims, campos, degree, low_pass,
+                       t_means, t_log_scales, t_quats, t_sh_dc, t_sh_rest, t_logits,
                        o_m2d, o_con, o_dep, o_col, o_op):
     """Tangents of (means2d, conics, depths, colors, opacities) for the visible rows ``ids``."""
     n_coef = (degree + 1) * (degree + 1)
@@ -398,6 +415,8 @@ def project_jvp_kernel(means, log_scales, quats, sh, ids, colors_out, opac_out, 
         covd = np.empty((2, 2))
         basis = np.empty(16)
         bgrad = np.empty((16, 3))
+        shc = np.empty((16, 3))
+        tsh = np.empty((16, 3))
         for i in range(ci * chunk, min(n_vis, (ci + 1) * chunk)):
             jd[...] = 0.0
             n = ids[i]
@@ -481,13 +500,15 @@ def project_jvp_kernel(means, log_scales, quats, sh, ids, colors_out, opac_out, 
             else:
                 ud0, ud1, ud2 = tm0 / _EPS, tm1 / _EPS, tm2 / _EPS
             _sh_basis(degree, ux, uy, uz, basis, bgrad)
+            _load_sh(sh_dc, sh_rest, n, n_coef, shc)
+            _load_sh(t_sh_dc, t_sh_rest, n, n_coef, tsh)
             for ch in range(3):
                 raw = 0.5
                 acc = 0.0
                 for k in range(n_coef):
-                    shv = np.float64(sh[n, k, ch])
+                    shv = shc[k, ch]
                     raw += basis[k] * shv
-                    acc += (np.float64(t_sh[n, k, ch]) * basis[k]
+                    acc += (tsh[k, ch] * basis[k]
                             + shv * (bgrad[k, 0] * ud0 + bgrad[k, 1] * ud1 + bgrad[k, 2] * ud2))
                 if not (colors_out[i, ch] > 0.0 or raw >= 0.0):
                     acc = 0.0
@@ -517,7 +538,7 @@ def _np_or_zeros(t: torch.Tensor | None, like: torch.Tensor) -> np.ndarray:
 
 class _ProjectCPU(torch.autograd.Function):
     @staticmethod
-    def forward(means, log_scales, quats, opacity_logits, sh, camera, sh_degree):
+    def forward(means, log_scales, quats, opacity_logits, sh_dc, sh_rest, camera, sh_degree):
         n = means.shape[0]
         rot_v, trans_v, fx, fy, lims, campos = _camera_arrays(camera)
         keep = np.zeros(n, dtype=np.bool_)
@@ -526,23 +547,21 @@ class _ProjectCPU(torch.autograd.Function):
             ((n, 3), np.float32), ((n,), np.float32))]
         if n:
             project_forward_kernel(
-                _np(means), _np(log_scales), _np(quats), _np(opacity_logits), _np(sh), rot_v,
-                trans_v, fx, fy, float(camera.cx), float(camera.cy), lims, campos, int(sh_degree),
-                LOW_PASS, NEAR_PLANE, camera.width, camera.height, TILE_SIZE, keep, *outs)
+                _np(means), _np(log_scales), _np(quats), _np(opacity_logits), _np(sh_dc),
+                _np(sh_rest), rot_v, trans_v, fx, fy, float(camera.cx), float(camera.cy), lims,
+                campos, int(sh_degree), LOW_PASS, NEAR_PLANE, camera.width, camera.height,
+                TILE_SIZE, keep, *outs)
         ids = np.flatnonzero(keep)  # numpy gathers: several times faster than torch indexing here
         m2d, conics, depths, radii, colors, opacities = (torch.from_numpy(o[ids]) for o in outs)
         return m2d, conics, depths, colors, opacities, torch.from_numpy(ids), radii
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        means, log_scales, quats, opacity_logits, sh, camera, sh_degree = inputs
+        means, log_scales, quats, opacity_logits, sh_dc, sh_rest, camera, sh_degree = inputs
         _, _, _, colors, opacities, ids, radii = output
         ctx.mark_non_differentiable(ids, radii)
-        # sh (render()'s fresh concatenation) is saved without its forward-AD tangent, which is
-        # then freed once jvp has run instead of living as long as the graph (peak memory)
-        sh = sh if is_functorch(sh) else sh.detach()
-        ctx.save_for_backward(means, log_scales, quats, sh, ids, colors, opacities)
-        ctx.save_for_forward(means, log_scales, quats, sh, ids, colors, opacities)
+        ctx.save_for_backward(means, log_scales, quats, sh_dc, sh_rest, ids, colors, opacities)
+        ctx.save_for_forward(means, log_scales, quats, sh_dc, sh_rest, ids, colors, opacities)
         ctx.camera = camera
         ctx.sh_degree = int(sh_degree)
         ctx.set_materialize_grads(False)
@@ -551,14 +570,14 @@ class _ProjectCPU(torch.autograd.Function):
     def backward(ctx, g_m2d, g_con, g_dep, g_col, g_op, _g_ids, _g_radii):
         saved = [primal(t) for t in ctx.saved_tensors]
         grads_out = [primal(t) for t in (g_m2d, g_con, g_dep, g_col, g_op)]
-        d_means, d_ls, d_q, d_sh, d_logits = _ProjectCPUVJP.apply(
+        d_means, d_ls, d_q, d_dc, d_rest, d_logits = _ProjectCPUVJP.apply(
             *saved, *grads_out, ctx.camera, ctx.sh_degree)
-        return d_means, d_ls, d_q, d_logits, d_sh, None, None
+        return d_means, d_ls, d_q, d_logits, d_dc, d_rest, None, None
 
     @staticmethod
-    def jvp(ctx, t_means, t_ls, t_q, t_logits, t_sh, _t_cam, _t_deg):
+    def jvp(ctx, t_means, t_ls, t_q, t_logits, t_dc, t_rest, _t_cam, _t_deg):
         saved = [primal(t) for t in ctx.saved_tensors]
-        tangents = [primal(t) for t in (t_means, t_ls, t_q, t_logits, t_sh)]
+        tangents = [primal(t) for t in (t_means, t_ls, t_q, t_logits, t_dc, t_rest)]
         outs = _ProjectCPUJVP.apply(*saved, *tangents, ctx.camera, ctx.sh_degree)
         return tuple(outs) + (None, None)
 
@@ -569,17 +588,19 @@ class _ProjectCPU(torch.autograd.Function):
 
 class _ProjectCPUVJP(torch.autograd.Function):
     @staticmethod
-    def forward(means, log_scales, quats, sh, ids, colors, opacities, g_m2d, g_con, g_dep, g_col,
-                g_op, camera, sh_degree):
+    def forward(means, log_scales, quats, sh_dc, sh_rest, ids, colors, opacities, g_m2d, g_con,
+                g_dep, g_col, g_op, camera, sh_degree):
         n, v = means.shape[0], ids.shape[0]
         rot_v, trans_v, fx, fy, lims, campos = _camera_arrays(camera)
+        # written straight into separate dc / rest arrays: autograd then takes them as the
+        # parameters' .grad without the copy that splitting one (N, 16, 3) gradient would cost
         outs = [np.zeros(shape, dtype=np.float32)
-                for shape in ((n, 3), (n, 3), (n, 4), tuple(sh.shape), (n,))]
+                for shape in ((n, 3), (n, 3), (n, 4), tuple(sh_dc.shape), tuple(sh_rest.shape), (n,))]
         if v:
             project_vjp_kernel(
-                _np(means), _np(log_scales), _np(quats), _np(sh), _np(ids, torch.int64),
-                _np(colors), _np(opacities), rot_v, trans_v, fx, fy, lims, campos, sh_degree,
-                LOW_PASS,
+                _np(means), _np(log_scales), _np(quats), _np(sh_dc), _np(sh_rest),
+                _np(ids, torch.int64), _np(colors), _np(opacities), rot_v, trans_v, fx, fy, lims,
+                campos, sh_degree, LOW_PASS,
                 _np_or_zeros(g_m2d, torch.empty(v, 2)), _np_or_zeros(g_con, torch.empty(v, 3)),
                 _np_or_zeros(g_dep, torch.empty(v)), _np_or_zeros(g_col, torch.empty(v, 3)),
                 _np_or_zeros(g_op, torch.empty(v)), *outs)
@@ -598,18 +619,18 @@ class _ProjectCPUVJP(torch.autograd.Function):
 
 class _ProjectCPUJVP(torch.autograd.Function):
     @staticmethod
-    def forward(means, log_scales, quats, sh, ids, colors, opacities, t_means, t_ls, t_q,
-                t_logits, t_sh, camera, sh_degree):
+    def forward(means, log_scales, quats, sh_dc, sh_rest, ids, colors, opacities, t_means, t_ls,
+                t_q, t_logits, t_dc, t_rest, camera, sh_degree):
         v = ids.shape[0]
         rot_v, trans_v, fx, fy, lims, campos = _camera_arrays(camera)
         outs = [np.zeros(shape, dtype=np.float32) for shape in ((v, 2), (v, 3), (v,), (v, 3), (v,))]
         if v:
             project_jvp_kernel(
-                _np(means), _np(log_scales), _np(quats), _np(sh), _np(ids, torch.int64),
-                _np(colors), _np(opacities), rot_v, trans_v, fx, fy, lims, campos, sh_degree,
-                LOW_PASS,
+                _np(means), _np(log_scales), _np(quats), _np(sh_dc), _np(sh_rest),
+                _np(ids, torch.int64), _np(colors), _np(opacities), rot_v, trans_v, fx, fy, lims,
+                campos, sh_degree, LOW_PASS,
                 _np_or_zeros(t_means, means), _np_or_zeros(t_ls, log_scales),
-                _np_or_zeros(t_q, quats), _np_or_zeros(t_sh, sh),
+                _np_or_zeros(t_q, quats), _np_or_zeros(t_dc, sh_dc), _np_or_zeros(t_rest, sh_rest),
                 _np_or_zeros(t_logits, torch.empty(means.shape[0])), *outs)
         dtype = means.dtype
         return tuple(torch.from_numpy(o).to(dtype) for o in outs)
@@ -628,15 +649,16 @@ def project_cpu(
     log_scales: torch.Tensor,
     quats: torch.Tensor,
     opacity_logits: torch.Tensor,
-    sh: torch.Tensor,
+    sh_dc: torch.Tensor,
+    sh_rest: torch.Tensor,
     camera: Camera,
     sh_degree: int,
 ) -> Projected:
     """:func:`~trsplat.render.project.project` with numba VJP / JVP kernels (see module doc)."""
-    tensors = (means, log_scales, quats, opacity_logits, sh)
+    tensors = (means, log_scales, quats, opacity_logits, sh_dc, sh_rest)
     if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
-        return project(means, log_scales, quats, opacity_logits, sh, camera, sh_degree)
+        return project(means, log_scales, quats, opacity_logits, sh_dc, sh_rest, camera, sh_degree)
     m2d, conics, depths, colors, opacities, ids, radii = _ProjectCPU.apply(
-        means, log_scales, quats, opacity_logits, sh, camera, int(sh_degree))
+        means, log_scales, quats, opacity_logits, sh_dc, sh_rest, camera, int(sh_degree))
     return Projected(ids=ids, means2d=m2d, conics=conics, depths=depths, radii=radii,
                      colors=colors, opacities=opacities)

@@ -73,11 +73,16 @@ def project(
     log_scales: torch.Tensor,
     quats: torch.Tensor,
     opacity_logits: torch.Tensor,
-    sh: torch.Tensor,
+    sh_dc: torch.Tensor,
+    sh_rest: torch.Tensor,
     camera: Camera,
     sh_degree: int,
 ) -> Projected:
-    """Project raw Gaussian parameters (see :mod:`trsplat.gaussians`) into ``camera``."""
+    """Project raw Gaussian parameters (see :mod:`trsplat.gaussians`) into ``camera``.
+
+    The SH coefficients come as the two parameters the optimizers keep, ``sh_dc`` (N, 1, 3) and
+    ``sh_rest`` (N, K − 1, 3), so no backend has to concatenate them for every render.
+    """
     out_dtype = means.dtype
     work = torch.float64 if out_dtype in (torch.float32, torch.float16, torch.bfloat16) else out_dtype
     # the camera in float32 first, as the cpu kernels take it, then widened
@@ -128,7 +133,8 @@ def project(
     ids = ids[sel]
     campos = camera.camera_center.to(device=means.device, dtype=out_dtype).to(work)
     dirs = F.normalize(means[sel] - campos, dim=-1)
-    colors = torch.clamp_min(eval_sh(sh_degree, sh[ids].to(work), dirs) + 0.5, 0.0)
+    sh = torch.cat([sh_dc[ids], sh_rest[ids]], dim=1).to(work)
+    colors = torch.clamp_min(eval_sh(sh_degree, sh, dirs) + 0.5, 0.0)
     return Projected(
         ids=ids,
         means2d=means2d[sel].to(out_dtype),
