@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from tests.helpers import make_scene, random_gaussians
-from trsplat.config import OptimizerConfig, StrategyConfig, TrainConfig
+from trsplat.config import DEFAULT_RECIPE, RECIPES, OptimizerConfig, StrategyConfig, TrainConfig
 from trsplat.gaussians import Gaussians
 from trsplat.optim.build import build_optimizer
 from trsplat.render import render
@@ -339,14 +340,16 @@ def test_a_run_without_densification_writes_no_records(tiny_scene, tmp_path) -> 
 
 
 def test_the_densify_study_preset(tmp_path) -> None:
-    """15 variants (5 optimisers x none/adc/mcmc) on the paper's scenes, 7000 iterations: one
-    Gaussian budget per scene for every mcmc run, and no evaluation on an ADC opacity reset."""
+    """15 variants (5 optimisers x none/adc/mcmc) and ``trsplat train``'s default recipe on the
+    paper's scenes, 7000 iterations: one Gaussian budget per scene for every mcmc run, and no
+    evaluation on an ADC opacity reset."""
     from trsplat.bench.study.spec import load_spec
 
     spec = load_spec(preset="densify", data_root=tmp_path)
     assert spec.iters == 7000 and spec.seeds == [0, 1, 2] and spec.reference == "adam+none"
     optimizers = ("adam", "tr", "tr-none-paper-printed-bounds", "tr-none-paper-x16-op1", "tr-none-paper-adamop")
-    assert sorted(spec.variants) == sorted(f"{o}+{d}" for o in optimizers for d in ("none", "adc", "mcmc"))
+    assert sorted(spec.variants) == sorted([f"{o}+{d}" for o in optimizers for d in ("none", "adc", "mcmc")]
+                                           + ["tr-mcmc-recipe"])
     for scene in spec.scenes:
         configs = {v: spec.run_config(scene, v, 0, tmp_path) for v in spec.variants}
         assert len({c.strategy.cap_max for c in configs.values()}) == 1
@@ -357,6 +360,12 @@ def test_the_densify_study_preset(tmp_path) -> None:
         assert x16.optim.tr_opacity_eps_scale == 0.0625 and x16.strategy.densify == "adc"
         adamop = configs["tr-none-paper-adamop+mcmc"]
         assert (adamop.optim.curvature, adamop.optim.tr_opacity_step, adamop.optim.eps_start) == ("none", "adam", 1e-6)
+        recipe = configs["tr-mcmc-recipe"]   # the recipe is the adamop+mcmc variant with two MCMC options
+        assert recipe.optim == adamop.optim and recipe.strategy.mcmc_noise_in_radius
+        assert recipe.strategy.opacity_reg_until_stop and recipe.strategy.densify == "mcmc"
+        default = TrainConfig.make(data="x", out="y", **RECIPES[DEFAULT_RECIPE])
+        assert default.optim == recipe.optim     # and the strategy but for the scene's budget
+        assert dataclasses.replace(default.strategy, cap_max=recipe.strategy.cap_max) == recipe.strategy
         adc = build_strategy(configs["adam+adc"].strategy, configs["adam+adc"].optim, iters=spec.iters, extent=1.0)
         resets = set(range(adc.params.reset_every, adc.params.stop, adc.params.reset_every))
         assert resets and not resets & set(spec.eval_iterations())

@@ -551,8 +551,10 @@ class _ProjectCPU(torch.autograd.Function):
                 _np(sh_rest), rot_v, trans_v, fx, fy, float(camera.cx), float(camera.cy), lims,
                 campos, int(sh_degree), LOW_PASS, NEAR_PLANE, camera.width, camera.height,
                 TILE_SIZE, keep, *outs)
-        ids = np.flatnonzero(keep)  # numpy gathers: several times faster than torch indexing here
-        m2d, conics, depths, radii, colors, opacities = (torch.from_numpy(o[ids]) for o in outs)
+        ids = np.flatnonzero(keep)
+        if ids.shape[0] < n:  # numpy gathers: several times faster than torch indexing here
+            outs = [o[ids] for o in outs]
+        m2d, conics, depths, radii, colors, opacities = (torch.from_numpy(o) for o in outs)
         return m2d, conics, depths, colors, opacities, torch.from_numpy(ids), radii
 
     @staticmethod

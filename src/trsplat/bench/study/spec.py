@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from trsplat.bench.datasets import DATA_ENV, datasets_root
-from trsplat.config import TrainConfig, leaf_owners
+from trsplat.config import DEFAULT_RECIPE, RECIPES, TrainConfig, leaf_owners
 from trsplat.errors import TrsplatError
 from trsplat.training import RunDir
 
@@ -406,6 +406,14 @@ def _densify_variants() -> dict[str, dict[str, Any]]:
         for densify in ("none", "adc", "mcmc"):
             overrides = {**entry["overrides"], "densify": densify}
             variants[f"{name}+{densify}"] = {**entry, "overrides": overrides, "meta": {**base.meta, "densify": densify}}
+    # `trsplat train`'s default recipe exactly: tr-none-paper-adamop+mcmc with MCMC's position
+    # noise in the trust region and its opacity regulariser ending with the relocations
+    recipe = {k: v for k, v in RECIPES[DEFAULT_RECIPE].items() if k != "densify"}
+    entry = _variant_entry(recipe.pop("optimizer"), **recipe)
+    base = _parse_variant(DEFAULT_RECIPE, copy.deepcopy(entry))
+    densify = RECIPES[DEFAULT_RECIPE]["densify"]
+    variants[f"{DEFAULT_RECIPE}-recipe"] = {"overrides": {**entry["overrides"], "densify": densify},
+                                            "meta": {**base.meta, "densify": densify}}
     return variants
 
 
@@ -470,8 +478,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "densify": {
         "description": "issue #23: adam, tr, tr-none-paper-printed-bounds, tr-none-paper-x16-op1 (eps x16, "
                        "opacity radius as published) and tr-none-paper-adamop (opacity logits on Adam's step), "
-                       "each with no densification, ADC and MCMC (the same "
-                       "Gaussian budget --cap-max for every mcmc run of a scene), on chair, bird and the "
+                       "each with no densification, ADC and MCMC, and tr-mcmc-recipe (trsplat train's default) (the "
+                       "same Gaussian budget --cap-max for every mcmc run of a scene), on chair, bird and the "
                        "synthetic scene, 3 seeds, 7000 iterations (the strategies' schedules scaled by "
                        "7000/30000)",
         # evaluations every 1000 iterations, never on one of ADC's opacity resets (every 700);
