@@ -175,6 +175,37 @@ def test_project_cpu_torch_func():
         assert_rel_close(ga[name], gb[name], f"func.vjp {name}")
 
 
+def test_project_cpu_gradient_of_rows_without_cotangent_is_zero():
+    """The VJP skips Gaussians whose cotangents are all zero: their gradients are exactly zero,
+    and every other Gaussian's gradient is the one it gets with all rows present (each
+    Gaussian's gradient depends only on its own row). Rows whose cotangent is zero for all
+    outputs but one must still be computed (checked against the torch projection)."""
+    g, cam = make_scene(*SCENES[3])
+    with torch.no_grad():
+        p0 = project_cpu(g.means, g.log_scales, g.quats, g.opacity_logits, g.sh_dc, g.sh_rest, cam, 3)
+    v = len(p0.ids)
+    gen = torch.Generator().manual_seed(11)
+    cot = {k: torch.randn(getattr(p0, k).shape, generator=gen) for k in PROJ_OUTS}
+    role = torch.arange(v) % 7   # 0: no cotangent at all; 1-5: only output PROJ_OUTS[role - 1]; 6: all
+    masked = {k: torch.where(((role == 6) | (role == i + 1)).reshape(-1, *[1] * (c.dim() - 1)), c, 0.0)
+              for i, (k, c) in enumerate(cot.items())}
+
+    def grads(fn, cotangents):
+        gg = g.clone().requires_grad_()
+        p = fn(gg.means, gg.log_scales, gg.quats, gg.opacity_logits, gg.sh_dc, gg.sh_rest, cam, 3)
+        sum((getattr(p, k) * cotangents[k]).sum() for k in PROJ_OUTS).backward()
+        return {k: t.grad for k, t in gg.params().items()}
+
+    full, part, reference = grads(project_cpu, cot), grads(project_cpu, masked), grads(project, masked)
+    computed = p0.ids[role > 0]
+    for name in PARAM_NAMES:
+        skipped = part[name][p0.ids[role == 0]]
+        assert torch.equal(skipped, torch.zeros_like(skipped)), name
+        assert torch.equal(part[name][p0.ids[role == 6]], full[name][p0.ids[role == 6]]), name
+        assert_rel_close(part[name][computed], reference[name][computed], f"grad {name}")
+        assert part[name][computed].abs().sum() > 0, name
+
+
 def test_project_cpu_float64_and_double_backward():
     g, cam = make_scene(*SCENES[2])
     gd = g.map(lambda t: t.double())

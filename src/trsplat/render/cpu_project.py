@@ -253,7 +253,10 @@ def project_vjp_kernel(means, log_scales, quats, sh_dc, sh_rest, ids, colors_out
                        trans_v, fx, fy, lims, campos, degree, low_pass,
                        g_m2d, g_con, g_dep, g_col, g_op,
                        d_means, d_log_scales, d_quats, d_sh_dc, d_sh_rest, d_logits):
-    """Gradients w.r.t. the raw parameters, written to the rows ``ids`` (zero elsewhere)."""
+    """Gradients w.r.t. the raw parameters, written to the rows ``ids`` (zero elsewhere).
+
+    Rows whose cotangents are all zero are skipped (their gradient is zero; in a training step
+    that is a third to a half of the visible Gaussians: occluded, or covering no pixel)."""
     n_coef = (degree + 1) * (degree + 1)
     chunk = 256
     n_vis = ids.shape[0]
@@ -268,6 +271,11 @@ def project_vjp_kernel(means, log_scales, quats, sh_dc, sh_rest, ids, colors_out
         bgrad = np.empty((16, 3))
         shc = np.empty((16, 3))
         for i in range(ci * chunk, min(n_vis, (ci + 1) * chunk)):
+            if (g_m2d[i, 0] == 0.0 and g_m2d[i, 1] == 0.0 and g_con[i, 0] == 0.0
+                    and g_con[i, 1] == 0.0 and g_con[i, 2] == 0.0 and g_dep[i] == 0.0
+                    and g_col[i, 0] == 0.0 and g_col[i, 1] == 0.0 and g_col[i, 2] == 0.0
+                    and g_op[i] == 0.0):
+                continue  # no gradient reaches this Gaussian (covers no used pixel): rows stay 0
             n = ids[i]
             qnorm, in_x, in_y, xz, yz = _geometry(i, n, means, log_scales, quats, rot_v, trans_v,
                                                   fx, fy, lims, pv, qn, rq, s, mm, pm, jac, tmat, cov)
