@@ -49,64 +49,76 @@ def _rotmat(w, x, y, z, r):
 
 
 @njit(inline="always")
-def _sh_basis(degree, x, y, z, basis, grad):
-    """The 16 (real) SH basis values of 3DGS and their gradients w.r.t. the direction (x, y, z)."""
+def _sh_values(degree, x, y, z, basis):
+    """The 16 (real) SH basis values of 3DGS along the unit direction (x, y, z)."""
     basis[:] = 0.0
-    grad[:, :] = 0.0
     basis[0] = C0
     if degree < 1:
         return
     basis[1] = -C1 * y
-    grad[1, 1] = -C1
     basis[2] = C1 * z
-    grad[2, 2] = C1
     basis[3] = -C1 * x
-    grad[3, 0] = -C1
     if degree < 2:
         return
     xx, yy, zz = x * x, y * y, z * z
     basis[4] = C2[0] * x * y
+    basis[5] = C2[1] * y * z
+    basis[6] = C2[2] * (2.0 * zz - xx - yy)
+    basis[7] = C2[3] * x * z
+    basis[8] = C2[4] * (xx - yy)
+    if degree < 3:
+        return
+    basis[9] = C3[0] * y * (3.0 * xx - yy)
+    basis[10] = C3[1] * x * y * z
+    basis[11] = C3[2] * y * (4.0 * zz - xx - yy)
+    basis[12] = C3[3] * z * (2.0 * zz - 3.0 * xx - 3.0 * yy)
+    basis[13] = C3[4] * x * (4.0 * zz - xx - yy)
+    basis[14] = C3[5] * z * (xx - yy)
+    basis[15] = C3[6] * x * (xx - 3.0 * yy)
+
+
+@njit(inline="always")
+def _sh_grads(degree, x, y, z, grad):
+    """The gradients (16, 3) of :func:`_sh_values` w.r.t. the direction (x, y, z)."""
+    grad[:, :] = 0.0
+    if degree < 1:
+        return
+    grad[1, 1] = -C1
+    grad[2, 2] = C1
+    grad[3, 0] = -C1
+    if degree < 2:
+        return
+    xx, yy, zz = x * x, y * y, z * z
     grad[4, 0] = C2[0] * y
     grad[4, 1] = C2[0] * x
-    basis[5] = C2[1] * y * z
     grad[5, 1] = C2[1] * z
     grad[5, 2] = C2[1] * y
-    basis[6] = C2[2] * (2.0 * zz - xx - yy)
     grad[6, 0] = C2[2] * (-2.0 * x)
     grad[6, 1] = C2[2] * (-2.0 * y)
     grad[6, 2] = C2[2] * (4.0 * z)
-    basis[7] = C2[3] * x * z
     grad[7, 0] = C2[3] * z
     grad[7, 2] = C2[3] * x
-    basis[8] = C2[4] * (xx - yy)
     grad[8, 0] = C2[4] * (2.0 * x)
     grad[8, 1] = C2[4] * (-2.0 * y)
     if degree < 3:
         return
-    basis[9] = C3[0] * y * (3.0 * xx - yy)
     grad[9, 0] = C3[0] * 6.0 * x * y
     grad[9, 1] = C3[0] * (3.0 * xx - 3.0 * yy)
-    basis[10] = C3[1] * x * y * z
     grad[10, 0] = C3[1] * y * z
     grad[10, 1] = C3[1] * x * z
     grad[10, 2] = C3[1] * x * y
-    basis[11] = C3[2] * y * (4.0 * zz - xx - yy)
     grad[11, 0] = C3[2] * (-2.0 * x * y)
     grad[11, 1] = C3[2] * (4.0 * zz - xx - 3.0 * yy)
     grad[11, 2] = C3[2] * 8.0 * y * z
-    basis[12] = C3[3] * z * (2.0 * zz - 3.0 * xx - 3.0 * yy)
     grad[12, 0] = C3[3] * (-6.0 * x * z)
     grad[12, 1] = C3[3] * (-6.0 * y * z)
     grad[12, 2] = C3[3] * (6.0 * zz - 3.0 * xx - 3.0 * yy)
-    basis[13] = C3[4] * x * (4.0 * zz - xx - yy)
     grad[13, 0] = C3[4] * (4.0 * zz - 3.0 * xx - yy)
     grad[13, 1] = C3[4] * (-2.0 * x * y)
     grad[13, 2] = C3[4] * 8.0 * x * z
-    basis[14] = C3[5] * z * (xx - yy)
     grad[14, 0] = C3[5] * 2.0 * x * z
     grad[14, 1] = C3[5] * (-2.0 * y * z)
     grad[14, 2] = C3[5] * (xx - yy)
-    basis[15] = C3[6] * x * (xx - 3.0 * yy)
     grad[15, 0] = C3[6] * (3.0 * xx - 3.0 * yy)
     grad[15, 1] = C3[6] * (-6.0 * x * y)
 
@@ -193,7 +205,6 @@ def project_forward_kernel(means, log_scales, quats, opacity_logits, sh_dc, sh_r
     for ci in prange((n_all + chunk - 1) // chunk):
         pv, qn, rq, s, mm, pm, jac, tmat, cov = _geometry_scratch()
         basis = np.empty(16)
-        bgrad = np.empty((16, 3))
         shc = np.empty((16, 3))
         for n in range(ci * chunk, min(n_all, (ci + 1) * chunk)):
             keep[n] = False
@@ -237,7 +248,7 @@ def project_forward_kernel(means, log_scales, quats, opacity_logits, sh_dc, sh_r
             d1 = np.float64(means[n, 1]) - campos[1]
             d2 = np.float64(means[n, 2]) - campos[2]
             den = max(math.sqrt(d0 * d0 + d1 * d1 + d2 * d2), _EPS)
-            _sh_basis(degree, d0 / den, d1 / den, d2 / den, basis, bgrad)
+            _sh_values(degree, d0 / den, d1 / den, d2 / den, basis)
             _load_sh(sh_dc, sh_rest, n, n_coef, shc)
             for ch in range(3):
                 raw = 0.5
@@ -366,7 +377,8 @@ def project_vjp_kernel(means, log_scales, quats, sh_dc, sh_rest, ids, colors_out
             nd = math.sqrt(dv0 * dv0 + dv1 * dv1 + dv2 * dv2)
             den = max(nd, _EPS)
             ux, uy, uz = dv0 / den, dv1 / den, dv2 / den
-            _sh_basis(degree, ux, uy, uz, basis, bgrad)
+            _sh_values(degree, ux, uy, uz, basis)
+            _sh_grads(degree, ux, uy, uz, bgrad)
             _load_sh(sh_dc, sh_rest, n, n_coef, shc)
             gdir0 = 0.0
             gdir1 = 0.0
@@ -507,7 +519,8 @@ def project_jvp_kernel(means, log_scales, quats, sh_dc, sh_rest, ids, colors_out
                 ud2 = (tm2 - uz * dot) / nd
             else:
                 ud0, ud1, ud2 = tm0 / _EPS, tm1 / _EPS, tm2 / _EPS
-            _sh_basis(degree, ux, uy, uz, basis, bgrad)
+            _sh_values(degree, ux, uy, uz, basis)
+            _sh_grads(degree, ux, uy, uz, bgrad)
             _load_sh(sh_dc, sh_rest, n, n_coef, shc)
             _load_sh(t_sh_dc, t_sh_rest, n, n_coef, tsh)
             for ch in range(3):
