@@ -478,8 +478,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "densify": {
         "description": "issue #23: adam, tr, tr-none-paper-printed-bounds, tr-none-paper-x16-op1 (eps x16, "
                        "opacity radius as published) and tr-none-paper-adamop (opacity logits on Adam's step), "
-                       "each with no densification, ADC and MCMC, and tr-mcmc-recipe (trsplat train's default) (the "
-                       "same Gaussian budget --cap-max for every mcmc run of a scene), on chair, bird and the "
+                       "each with no densification, ADC and MCMC, and tr-mcmc-recipe (trsplat train's default), with "
+                       "the same Gaussian budget --cap-max for every mcmc run of a scene, on chair, bird and the "
                        "synthetic scene, 3 seeds, 7000 iterations (the strategies' schedules scaled by "
                        "7000/30000)",
         # evaluations every 1000 iterations, never on one of ADC's opacity resets (every 700);
