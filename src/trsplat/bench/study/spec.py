@@ -390,6 +390,14 @@ def _x16_op1_entry() -> dict[str, Any]:
     return _variant_entry("tr", "none", eps_start=1.6e-5, eps_end=1.6e-7, tr_opacity_eps_scale=0.0625)
 
 
+def _with_densify(name: str, entry: dict[str, Any], densify: str) -> dict[str, Any]:
+    """The variant ``entry`` (named ``name``) with ``--densify densify`` added to its overrides
+    and its meta."""
+    base = _parse_variant(name, copy.deepcopy(entry))
+    return {**entry, "overrides": {**entry["overrides"], "densify": densify},
+            "meta": {**base.meta, "densify": densify}}
+
+
 def _densify_variants() -> dict[str, dict[str, Any]]:
     """Issue #23: adam, tr (Hutchinson, paper ε), its curvature-free printed-bounds control, the
     ε×16 trust region ``tr-none-paper-x16-op1`` and ``tr-none-paper-adamop`` (paper ε, no
@@ -400,20 +408,14 @@ def _densify_variants() -> dict[str, dict[str, Any]]:
                                                                  tr_split_budget=False),
                   "tr-none-paper-x16-op1": _x16_op1_entry(),
                   "tr-none-paper-adamop": _variant_entry("tr", "none", "paper", tr_opacity_step="adam")}
-    variants = {}
-    for name, entry in optimizers.items():
-        base = _parse_variant(name, copy.deepcopy(entry))
-        for densify in ("none", "adc", "mcmc"):
-            overrides = {**entry["overrides"], "densify": densify}
-            variants[f"{name}+{densify}"] = {**entry, "overrides": overrides, "meta": {**base.meta, "densify": densify}}
+    variants = {f"{name}+{densify}": _with_densify(name, entry, densify)
+                for name, entry in optimizers.items() for densify in ("none", "adc", "mcmc")}
     # `trsplat train`'s default recipe exactly: tr-none-paper-adamop+mcmc with MCMC's position
     # noise in the trust region and its opacity regulariser ending with the relocations
-    recipe = {k: v for k, v in RECIPES[DEFAULT_RECIPE].items() if k != "densify"}
-    entry = _variant_entry(recipe.pop("optimizer"), **recipe)
-    base = _parse_variant(DEFAULT_RECIPE, copy.deepcopy(entry))
-    densify = RECIPES[DEFAULT_RECIPE]["densify"]
-    variants[f"{DEFAULT_RECIPE}-recipe"] = {"overrides": {**entry["overrides"], "densify": densify},
-                                            "meta": {**base.meta, "densify": densify}}
+    recipe = dict(RECIPES[DEFAULT_RECIPE])
+    densify = recipe.pop("densify")
+    variants[f"{DEFAULT_RECIPE}-recipe"] = _with_densify(
+        DEFAULT_RECIPE, _variant_entry(recipe.pop("optimizer"), **recipe), densify)
     return variants
 
 
