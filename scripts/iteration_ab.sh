@@ -23,7 +23,7 @@ run() {  # name, then the command
 for r in $(seq "${ROUNDS:-3}"); do
   for name in old new; do
     f=$OUT/random.$name.$r.json; [ -f "$f" ] && continue
-    run $name "$ROOT/.venv/bin/trsplat" bench iteration --data "$DATA/nerf_synthetic_chair" --downscale 4 \
+    run $name "$ROOT/.venv/bin/python" -m trsplat bench iteration --data "$DATA/nerf_synthetic_chair" --downscale 4 \
         --n-random-init 100000 --optimizers adam,tr --out "$f" > "${f%.json}.log" 2>&1
   done
 done

@@ -10,15 +10,17 @@ older than that option (it replaces the capture's initialisation by the PLY's Ga
 import json
 import sys
 
-import trsplat.data.scene as scene_module
-from trsplat.bench.iteration import profile_training
-from trsplat.gaussians import load_ply
 from trsplat.process_tuning import tune_process
+
+tune_process()  # as the trsplat command does: before torch is imported
+
+import trsplat.data.scene as scene_module  # noqa: E402
+from trsplat.bench.iteration import profile_training  # noqa: E402
+from trsplat.gaussians import load_ply  # noqa: E402
 
 if __name__ == "__main__":
     optimizer, ply, out = sys.argv[1:4]
     data = sys.argv[4] if len(sys.argv) > 4 else "../shared/data/nerf_synthetic_chair"
-    tune_process()  # as the trsplat command does
     scene_module.init_gaussians = lambda *args, **kwargs: load_ply(ply)
     row = profile_training(data, optimizer, downscale=4, n_random_init=1000, iters=20)
     with open(out, "w") as f:

@@ -2,6 +2,6 @@
 
 import sys
 
-from trsplat.cli import main
+from trsplat.command import main
 
 sys.exit(main())

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from trsplat.config import DEFAULT_RECIPE, RECIPES, TrainConfig, field_default
 from trsplat.errors import TrsplatError
-from trsplat.process_tuning import tune_process
 
 
 def _parse_int_list(text: str) -> list[int]:
@@ -362,7 +361,6 @@ def _report_error(exc: TrsplatError) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    tune_process()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -36,11 +36,17 @@ MMAP_THRESHOLD_BYTES = 32 * 2**20
 TRIM_THRESHOLD_BYTES = 2**31 - 1  # mallopt takes an int
 
 
+ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE", "THP_MEM_ALLOC_ENABLE": "1"}
+"""What :func:`tune_process` puts in the environment where it is unset."""
+
+
 def tune_process() -> None:
-    """Apply both settings; call before torch is imported. Under ``torchrun`` with several
-    processes on the machine, numba's threads follow ``OMP_NUM_THREADS`` (torchrun sets 1) unless
-    ``NUMBA_NUM_THREADS`` is set, so the processes do not oversubscribe the cores."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """Apply the three settings; call before torch is imported (child processes inherit the
+    environment). Under ``torchrun`` with several processes on the machine, numba's threads
+    follow ``OMP_NUM_THREADS`` (torchrun sets 1) unless ``NUMBA_NUM_THREADS`` is set, so the
+    processes do not oversubscribe the cores."""
+    for name, value in ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1 and "OMP_NUM_THREADS" in os.environ:
         os.environ.setdefault("NUMBA_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
     tune_malloc()

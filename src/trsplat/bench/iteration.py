@@ -223,7 +223,7 @@ def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "--worker":
-        tune_process()  # as the trsplat command does
+        tune_process()  # malloc; the environment (read at torch's import) comes from the parent command
         task = json.loads(sys.argv[2])
         print(json.dumps(profile_training(task.pop("data"), task.pop("optimizer"), **task)))
         sys.exit(0)

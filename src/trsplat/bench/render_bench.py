@@ -816,7 +816,7 @@ def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "--worker":
-        tune_process()  # as the trsplat command does
+        tune_process()  # malloc; the environment (read at torch's import) comes from the parent command
         print(json.dumps(_worker_main(json.loads(sys.argv[2]))))
         sys.exit(0)
     _p = argparse.ArgumentParser(prog="python -m trsplat.bench.render_bench")
