@@ -74,7 +74,7 @@ def main() -> None:
             total_pred = 0.0
             for k in named:
                 s = (after[k] - before[k]).double()
-                d = opt.state[named[k]]["curv_ema"].double().clamp_min(0.0)
+                d = opt.state[named[k]].get("curv_ema", torch.zeros(())).double().clamp_min(0.0)
                 pred = -float((grads[k].double() * s).sum() + 0.5 * (d * s * s).sum())
                 actual = base - view_loss(trainer, {**before, k: after[k]}, view, sh)
                 total_pred += pred

@@ -76,6 +76,23 @@ def test_profile_with_densification_counts_the_strategy(tiny_scene, strategy):
     assert f"adam+{strategy}" in format_table([row])
 
 
+def test_profile_of_a_recipe_trains_with_its_options(tiny_scene):
+    """``recipe:tr-mcmc`` profiles the default recipe: tr without curvature (no refresh, no
+    curvature state), MCMC, the opacity on Adam's step."""
+    row = profile_training(str(tiny_scene), "adam", downscale=1, n_random_init=200, iters=4, warmup=1,
+                           start_iteration=1000, backend="cpu", recipe="tr-mcmc")
+    assert (row["optimizer"], row["densify"], row["recipe"]) == ("tr", "mcmc", "tr-mcmc")
+    assert row["trust_region_s"] > 0 and row["curvature_s"] == 0 and row["densify_s"] > 0
+    assert "recipe:tr-mcmc" in format_table([row])
+
+
+def test_unknown_recipe_is_a_one_line_error(tiny_scene, tmp_path, capsys):
+    assert cli_main(["bench", "iteration", "--data", str(tiny_scene), "--optimizers", "adam,recipe:nope",
+                     "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert "recipe:nope" in err and len(err.strip().splitlines()) == 1
+
+
 def test_bench_render_times_both_backends_on_the_same_splats(tmp_path):
     """``trsplat bench render`` on a tiny synthetic case: every kernel of both backends is timed
     and both see the same visible splats and tile intersections (the cpu projection and binning

@@ -56,3 +56,17 @@ def test_newton_step_values() -> None:
     assert guarded_newton_step(g, d, "sophia", 0.5).tolist() == [-0.5, -4.0, -4.0, 0.0, 0.0]
     assert guarded_newton_step(g, d, "abs", 0.5).tolist() == [-0.5, -0.5, -4.0, 0.0, 0.0]
     assert guarded_newton_step(g, d, "raw", 0.5).tolist() == [-0.5, 0.5, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("guard", GUARDS)
+def test_no_curvature_tensor_is_a_zero_curvature(dtype: torch.dtype, guard: str) -> None:
+    """``d_hat=None`` (``curvature="none"`` keeps no D̂) gives the bits of an explicit D̂ = 0, in
+    the kernel and the reference (a floor that is not a float32 value tests its rounding)."""
+    g, _ = _inputs(dtype)
+    zero = torch.zeros_like(g)
+    for floor in (1e-12, 0.1):
+        expected = guarded_newton_step_torch(g, zero, guard, floor)
+        assert _same_bits(guarded_newton_step_torch(g, None, guard, floor), expected)
+        assert _same_bits(newton_step_cpu(g, None, guard, floor), expected)
+        assert _same_bits(guarded_newton_step(g, None, guard, floor), expected)

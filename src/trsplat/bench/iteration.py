@@ -11,7 +11,9 @@ in training. ``--ply`` starts from the Gaussians of a 3DGS PLY (e.g. a trained r
 ``--densify adc|mcmc`` trains with that strategy, its schedule scaled by ``--densify-steps-scale``
 (default 7000/30000, the densify study's, so that iteration 3000 lies inside the refinement
 window) and, for ``mcmc``, ``--cap-max`` equal to the initial count (relocation and noise, no
-growth): the strategy's cost at an equal number of Gaussians.
+growth): the strategy's cost at an equal number of Gaussians. An ``--optimizers`` entry
+``recipe:NAME`` profiles the options of ``trsplat train --recipe NAME`` instead (its densification
+included, with the same ``--cap-max`` rule), e.g. ``recipe:tr-mcmc``, the default recipe.
 
 The breakdown is wall time per iteration. Top level, as called by ``Trainer.train_step``:
 ``render_s``, ``loss_s`` (L1 + D-SSIM), ``backward_s`` (of the training loss),
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from trsplat.bench.datasets import DATA_ENV, default_capture
+from trsplat.config import RECIPES
 from trsplat.machine import command_line, machine_info
 from trsplat.bench.render_bench import _rss
 from trsplat.errors import TrsplatError
@@ -75,21 +78,27 @@ STUDY_STEPS_SCALE = 7000 / 30000
 def profile_training(data: str, optimizer: str, *, downscale: int = 4, n_random_init: int = 100_000,
                      iters: int = 20, warmup: int = 3, start_iteration: int = 3000,
                      backend: str = "auto", seed: int = 0, ply: str | None = None, densify: str = "none",
-                     densify_steps_scale: float = STUDY_STEPS_SCALE, cap_max: int | None = None) -> dict[str, Any]:
+                     densify_steps_scale: float = STUDY_STEPS_SCALE, cap_max: int | None = None,
+                     recipe: str | None = None) -> dict[str, Any]:
     """Profile ``iters`` training steps of ``optimizer`` in this process; seconds per iteration.
     ``ply``: start from the Gaussians of this PLY instead of the capture's initialisation;
-    ``densify``: the strategy (``cap_max``, for mcmc: default the initial count)."""
+    ``densify``: the strategy (``cap_max``, for mcmc: default the initial count); ``recipe``: the
+    options of that ``trsplat train --recipe`` (its optimizer and strategy replace ``optimizer``
+    and ``densify``)."""
     import torch
 
-    from trsplat.config import TrainConfig
+    from trsplat.config import RECIPES, TrainConfig
     from trsplat.gaussians import load_ply
     from trsplat.training import Trainer, load_training_scene, prepare
 
     with tempfile.TemporaryDirectory() as out:
-        cfg = TrainConfig.make(data=data, out=out, optimizer=optimizer, downscale=downscale,
-                               n_random_init=n_random_init, backend=backend, seed=seed,
-                               iters=start_iteration + warmup + iters, eval_at=[], densify=densify,
-                               densify_steps_scale=densify_steps_scale)
+        options = dict(data=data, out=out, optimizer=optimizer, downscale=downscale, n_random_init=n_random_init,
+                       backend=backend, seed=seed, iters=start_iteration + warmup + iters, eval_at=[],
+                       densify=densify, densify_steps_scale=densify_steps_scale)
+        if recipe is not None:
+            options.update(RECIPES[recipe])
+            optimizer, densify = options["optimizer"], options["densify"]
+        cfg = TrainConfig.make(**options)
         cfg.validate()
         torch.manual_seed(seed)
         if ply is None:
@@ -127,7 +136,7 @@ def profile_training(data: str, optimizer: str, *, downscale: int = 4, n_random_
                 total += sum(c[3] for (cf, _, cn), c in callers.items() if caller[0] in cf and cn == caller[1])
         return total / iters
 
-    out: dict[str, Any] = {"optimizer": optimizer, "densify": densify, "backend": trainer.backend,
+    out: dict[str, Any] = {"optimizer": optimizer, "recipe": recipe, "densify": densify, "backend": trainer.backend,
                            "n_gaussians": len(gaussians), "width": scene.train[0].camera.width,
                            "height": scene.train[0].camera.height, "iters": iters,
                            "start_iteration": start_iteration, "s_per_it": wall}
@@ -154,13 +163,20 @@ def _run_isolated(task: dict[str, Any]) -> dict[str, Any]:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        raise TrsplatError(f"profiling {task['optimizer']} failed:\n{(proc.stderr or proc.stdout)[-2000:]}")
+        raise TrsplatError(f"profiling {_label(task)} failed:\n{(proc.stderr or proc.stdout)[-2000:]}")
     return json.loads(lines[-1])
+
+
+def _label(row: dict[str, Any]) -> str:
+    """``recipe:NAME``, or the optimizer with ``+strategy`` when it densifies."""
+    if row.get("recipe"):
+        return f"recipe:{row['recipe']}"
+    return row["optimizer"] + (f"+{row['densify']}" if row.get("densify", "none") != "none" else "")
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one column per optimizer, one row per part (ms per iteration), then ratios."""
-    names = [r["optimizer"] + (f"+{r['densify']}" if r.get("densify", "none") != "none" else "") for r in rows]
+    names = [_label(r) for r in rows]
     head = "| ms per iteration | " + " | ".join(names) + " |"
     lines = [head, "|---|" + "---|" * len(rows)]
     keys = ["s_per_it", *PARTS, "other_s"]
@@ -170,7 +186,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             label = "↳ " + label
         lines.append(f"| {label} | " + " | ".join(f"{1000 * r[k]:.1f}" for r in rows) + " |")
     lines.append("| peak RSS (MiB) | " + " | ".join(f"{r['peak_rss_bytes'] / 2**20:.0f}" for r in rows) + " |")
-    base = next((r for r in rows if r["optimizer"] == "adam"), None)
+    base = next((r for r in rows if _label(r) == "adam"), None)
     if base:
         lines.append("| time / adam | " + " | ".join(f"{r['s_per_it'] / base['s_per_it']:.2f}" for r in rows) + " |")
         lines.append("| peak RSS / adam | " + " | ".join(
@@ -183,7 +199,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--downscale", type=int, default=4)
     parser.add_argument("--n-random-init", type=int, default=100_000,
                         help="Gaussians of the random initialisation (captures without SfM points)")
-    parser.add_argument("--optimizers", default="adam,adam-tr,tr", help="comma-separated (default: adam,adam-tr,tr)")
+    parser.add_argument("--optimizers", default="adam,adam-tr,tr",
+                        help="comma-separated optimizers or recipe:NAME for the options of trsplat train --recipe "
+                             "NAME, e.g. adam,tr,recipe:tr-mcmc (default: adam,adam-tr,tr)")
     parser.add_argument("--iters", type=int, default=20, help="timed iterations (default 20)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--start-iteration", type=int, default=3000)
@@ -205,9 +223,14 @@ def main(args: argparse.Namespace) -> int:
         raise TrsplatError(f"{data}: no such capture folder (pass --data, or set {DATA_ENV} to the datasets folder)")
     if args.ply is not None and not Path(args.ply).is_file():
         raise TrsplatError(f"{args.ply}: no such PLY file")
+    entries = [o.strip() for o in args.optimizers.split(",") if o.strip()]
+    unknown = [o for o in entries if o.startswith("recipe:") and o.removeprefix("recipe:") not in RECIPES]
+    if unknown:
+        raise TrsplatError(f"--optimizers {unknown[0]}: unknown recipe; choose {', '.join(RECIPES)}")
     rows = []
-    for opt in [o.strip() for o in args.optimizers.split(",") if o.strip()]:
-        task = {"data": data, "optimizer": opt, "downscale": args.downscale,
+    for opt in entries:
+        recipe = opt.removeprefix("recipe:") if opt.startswith("recipe:") else None
+        task = {"data": data, "optimizer": "adam" if recipe else opt, "recipe": recipe, "downscale": args.downscale,
                 "n_random_init": args.n_random_init, "iters": args.iters, "warmup": args.warmup,
                 "start_iteration": args.start_iteration, "backend": args.backend, "ply": args.ply,
                 "densify": args.densify, "densify_steps_scale": args.densify_steps_scale, "cap_max": args.cap_max}

@@ -27,10 +27,11 @@ CurvatureClosure = Callable[[torch.Generator], dict[str, Tensor]]
 
 
 @torch.no_grad()
-def guarded_newton_step(g_hat: Tensor, d_hat: Tensor, guard: str, floor: float) -> Tensor:
+def guarded_newton_step(g_hat: Tensor, d_hat: Tensor | None, guard: str, floor: float) -> Tensor:
     """Δ = −ĝ/D̂ with the guard for D̂ ≤ 0 (``sophia``: max(D̂, floor); ``abs``: max(|D̂|, floor);
-    ``raw``: 0 where D̂ = 0), NaN/inf → 0, and Δ = 0 where ĝ = 0. Same shape as ``g_hat``; a new
-    tensor. CPU float tensors go through one numba pass (:mod:`trsplat.optim.newton_cpu`)."""
+    ``raw``: 0 where D̂ = 0), NaN/inf → 0, and Δ = 0 where ĝ = 0. ``d_hat=None`` means D̂ = 0
+    everywhere (``curvature="none"``, which keeps no curvature tensor). Same shape as ``g_hat``;
+    a new tensor. CPU float tensors go through one numba pass (:mod:`trsplat.optim.newton_cpu`)."""
     if g_hat.device.type == "cpu":
         from trsplat.optim import newton_cpu  # imports numba on first use
 
@@ -40,9 +41,11 @@ def guarded_newton_step(g_hat: Tensor, d_hat: Tensor, guard: str, floor: float) 
 
 
 @torch.no_grad()
-def guarded_newton_step_torch(g_hat: Tensor, d_hat: Tensor, guard: str, floor: float) -> Tensor:
+def guarded_newton_step_torch(g_hat: Tensor, d_hat: Tensor | None, guard: str, floor: float) -> Tensor:
     """The torch reference of :func:`guarded_newton_step` (any device); the CPU kernel of
     :mod:`trsplat.optim.newton_cpu` returns the same bits."""
+    if d_hat is None:
+        d_hat = torch.zeros_like(g_hat)
     if guard == "sophia":
         den = d_hat.clamp_min(floor)
     elif guard == "abs":
@@ -63,8 +66,9 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
     Group hyperparameters (``defaults``): ``tr_eps`` (ε; a scheduler sets it per step), ``theta1``,
     ``theta2``, ``guard``, ``guard_floor``, ``bias_correction``, ``step_norm``,
     ``step_norm_quantile``.  Per-parameter state: ``grad_ema`` and ``curv_ema`` (shaped like the
-    parameter), ``step`` and ``curvature_updates`` (ints); ``state["generator"]`` holds the state
-    of the generator handed to the curvature closure (seeded with ``seed + 7919``).
+    parameter; no ``curv_ema`` with ``curvature="none"``), ``step`` and ``curvature_updates``
+    (ints); ``state["generator"]`` holds the state of the generator handed to the curvature
+    closure (seeded with ``seed + 7919``).
     ``curvature`` names the estimator the caller's closure runs (``"none"``: never called, D̂ = 0);
     it is refreshed at steps t ≡ 1 (mod ``interval``), t = 1, 2, ... counting this optimizer's steps.
     ``radius="adaptive"`` multiplies ε by the factor κ of :attr:`radius_control` (an
@@ -207,8 +211,9 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
             (p,) = group["params"]
             state = self.state[p]
             if not state:
-                state.update(step=0, curvature_updates=0, grad_ema=torch.zeros_like(p),
-                             curv_ema=torch.zeros_like(p))
+                state.update(step=0, curvature_updates=0, grad_ema=torch.zeros_like(p))
+                if self.curvature != "none":  # (D̂ = 0 needs no tensor)
+                    state["curv_ema"] = torch.zeros_like(p)
             theta1 = group["theta1"]
             adam = self._takes_adam_step(group)
             if adam and "exp_avg_sq" not in state:
@@ -254,14 +259,15 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
             return None
         return {"opacity_logits": eps * control.opacity_scale()}
 
-    def _corrected(self, group: dict) -> tuple[Tensor, Tensor]:
+    def _corrected(self, group: dict) -> tuple[Tensor, Tensor | None]:
         """(ĝ, D̂) of a param group as the Newton step reads them: the EMAs, bias-corrected when
-        that is on."""
+        that is on; D̂ is None without a curvature estimator (D̂ = 0)."""
         state = self.state[group["params"][0]]
-        g_hat, d_hat = state["grad_ema"], state["curv_ema"]
+        g_hat, d_hat = state["grad_ema"], state.get("curv_ema")
         if group["bias_correction"]:
             g_hat = g_hat / (1 - group["theta1"] ** state["step"])
-            d_hat = d_hat / (1 - group["theta2"] ** max(state["curvature_updates"], 1))
+            if d_hat is not None:
+                d_hat = d_hat / (1 - group["theta2"] ** max(state["curvature_updates"], 1))
         return g_hat, d_hat
 
     def _model_gradient(self) -> dict[str, Tensor]:
@@ -269,16 +275,16 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
         the model of the whole training loss."""
         return {group["name"]: self._corrected(group)[0] for group in self.param_groups}
 
-    def _damped(self, d_hat: Tensor) -> Tensor:
+    def _damped(self, d_hat: Tensor | None) -> Tensor | None:
         """D̂ as the Newton step divides by it: Levenberg–Marquardt damped with ``damping="lm"``."""
         control = self.radius_control
         if control is None or control.damping != "lm":
             return d_hat
         return control.lm_damping(d_hat)
 
-    def _model_curvature(self) -> dict[str, Tensor]:
+    def _model_curvature(self) -> dict[str, Tensor | None]:
         """D of the ratio test's model per parameter: the curvature EMA as the Newton step reads
-        it, unscaled; D⁺ = max(D, 0) is taken when summing."""
+        it, unscaled (None: D = 0); D⁺ = max(D, 0) is taken when summing."""
         return {group["name"]: self._corrected(group)[1] for group in self.param_groups}
 
     def _update_curvature(self, diag: dict[str, Tensor]) -> None:
@@ -330,7 +336,7 @@ class _ModelDecrease:
     in float64, and the share of moving coordinates on the bound; ``linear`` is Σ g·s alone, and
     with ``keep_steps`` a copy of each clipped step is kept in ``steps``."""
 
-    def __init__(self, grads: dict[str, Tensor], curvature: dict[str, Tensor], keep_steps: bool = False) -> None:
+    def __init__(self, grads: dict[str, Tensor], curvature: dict[str, Tensor | None], keep_steps: bool = False) -> None:
         self.grads, self.curvature = grads, curvature
         self.keep_steps = keep_steps
         self.steps: dict[str, Tensor] = {}
@@ -343,7 +349,8 @@ class _ModelDecrease:
         s = step.double()
         g = self.grads.pop(name, None)
         linear = float((torch.nan_to_num(g.double()) * s).sum()) if g is not None else 0.0
-        quadratic = float((self.curvature[name].double().clamp_min(0.0) * s * s).sum())
+        d = self.curvature[name]
+        quadratic = float((d.double().clamp_min(0.0) * s * s).sum()) if d is not None else 0.0
         self.predicted -= linear + 0.5 * quadratic
         self.linear += linear
         if self.keep_steps:
