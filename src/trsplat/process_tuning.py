@@ -6,8 +6,14 @@
    threads otherwise spin at every barrier, and when other processes compete for the cores a
    spinning thread waits for a descheduled one: on the 2-core VM, the README's toy training ran
    at 1.0 it/s next to two one-thread runs with the default policy and at 9.0 it/s with
-   ``PASSIVE``. It must be set before torch is imported, hence in the command's entry point.
+   ``PASSIVE``. libgomp reads it once, when torch is imported, so the command's entry point
+   (:mod:`trsplat.command`) calls :func:`tune_process` before anything imports torch.
 2. :func:`tune_malloc` (below).
+
+Not set: torch's ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages for buffers of 2 MiB and
+more). It cut `tr`'s optimizer step at 300 000 Gaussians from ~80-90 to ~65 ms in isolation,
+but training iterations did not get measurably faster and peak memory rose by 4-30 MiB
+(``docs/cpu_performance.md``, session 23); set it in the environment to try it.
 
 Malloc thresholds: keep large freed buffers in the heap instead of returning them to the OS
 (glibc only).
@@ -36,12 +42,12 @@ MMAP_THRESHOLD_BYTES = 32 * 2**20
 TRIM_THRESHOLD_BYTES = 2**31 - 1  # mallopt takes an int
 
 
-ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE", "THP_MEM_ALLOC_ENABLE": "1"}
+ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE"}
 """What :func:`tune_process` puts in the environment where it is unset."""
 
 
 def tune_process() -> None:
-    """Apply the three settings; call before torch is imported (child processes inherit the
+    """Apply both settings; call before torch is imported (child processes inherit the
     environment). Under ``torchrun`` with several processes on the machine, numba's threads
     follow ``OMP_NUM_THREADS`` (torchrun sets 1) unless ``NUMBA_NUM_THREADS`` is set, so the
     processes do not oversubscribe the cores."""
