@@ -17,7 +17,8 @@ LAYERS = {
     "optim": 3,
     "strategy": 4,
     "config": 5, "training": 5,
-    "bench": 6, "viewer": 6, "cli": 6, "__main__": 6,
+    "bench": 6, "viewer": 6, "cli": 6,
+    "command": 7, "__main__": 7,
 }
 # optim works on plain tensors: it sees neither rendering nor losses nor Gaussians
 FORBIDDEN = {"optim": {"render", "loss", "metrics", "lpips_net", "gaussians", "camera", "data", "synthetic"}}
