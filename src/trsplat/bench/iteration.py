@@ -87,7 +87,7 @@ def profile_training(data: str, optimizer: str, *, downscale: int = 4, n_random_
     and ``densify``)."""
     import torch
 
-    from trsplat.config import RECIPES, TrainConfig
+    from trsplat.config import TrainConfig
     from trsplat.gaussians import load_ply
     from trsplat.training import Trainer, load_training_scene, prepare
 
