@@ -17,8 +17,8 @@ from trsplat.config import TrainConfig
 from trsplat.errors import TrsplatError
 from trsplat.synthetic import make_synthetic_scene
 from trsplat.training import Hook, RunDir, Trainer, resume, train
-from trsplat.training.plots import (SERIES, RunCurves, _panels, _smooth, comparison_table, run_colors, run_labels,
-                                    truncate_steps)
+from trsplat.training.plots import (SERIES, RunCurves, _densify_shares, _panels, _smooth, comparison_table,
+                                    run_colors, run_labels, truncate_steps)
 from trsplat.training.trainer import default_hooks
 
 
@@ -128,6 +128,28 @@ def test_trust_region_runs_get_the_bound_panel(tiny_scene, tmp_path) -> None:
     train(_config(tiny_scene, adam))
     assert not any(kind == "on_bound" for kind, _, _ in _panels([RunCurves.from_run(adam)]))
     assert _is_drawn_png(run / RunDir.CURVES_PLOT)
+
+
+def test_densified_runs_get_the_refinement_panel(tiny_scene, tmp_path) -> None:
+    """An MCMC run's curves show what each refinement relocated and added, as a share of the
+    Gaussians after it (from metrics.json's records); a run without densification has no panel."""
+    run = tmp_path / "mcmc"
+    train(_config(tiny_scene, run, densify="mcmc", densify_steps_scale=1.0, densify_start=1, densify_every=2,
+                  densify_stop=12, cap_max=360))
+    curves = RunCurves.from_run(run)
+    assert ("densify", "iteration", "share of the Gaussians per refinement") in _panels([curves])
+    records = json.loads((run / RunDir.METRICS).read_text())["densify"]
+    shares = _densify_shares(curves)
+    assert shares["added"] == ([r["iteration"] for r in records], [r["added"] / r["after"] for r in records])
+    assert sum(r["added"] for r in records) == 60  # grown from 300 to the cap, 5 % at a time
+    assert _is_drawn_png(run / RunDir.CURVES_PLOT)
+    assert not _densify_shares(RunCurves.from_run(_train_adam(tiny_scene, tmp_path)))
+
+
+def _train_adam(scene: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "adam"
+    train(_config(scene, run))
+    return run
 
 
 def test_compare_two_optimizers(tiny_scene, tmp_path, capsys) -> None:

@@ -3,7 +3,10 @@
 At each evaluation a run folder gets ``curves.png``: the training loss over iterations and over
 train seconds, the number of Gaussians, test PSNR/SSIM/LPIPS over iterations and over train
 seconds and, for the trust-region optimisers, the share of proposed steps clipped to the bound per
-parameter (with ``--tr-radius adaptive`` also the radius factor κ and the ratio-test statistics). The evaluations come from ``metrics.json``; the per-step series (loss, train PSNR,
+parameter (with ``--tr-radius adaptive`` also the radius factor κ and the ratio-test statistics);
+with a densification strategy, what each refinement changed as a share of the Gaussians
+(``metrics.json``'s ``densify`` records: relocated and added for MCMC, cloned, split and pruned for
+ADC). The evaluations come from ``metrics.json``; the per-step series (loss, train PSNR,
 train seconds, Gaussian count) from ``curves.json``, which the hook keeps in memory and writes
 with every checkpoint, so a resumed run's curves start at iteration 1.
 
@@ -110,6 +113,7 @@ class RunCurves:
     densify: str = ""
     n_gaussians: int | None = None
     finished: bool = False
+    densify_events: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_run(cls, path: str | Path, label: str | None = None) -> "RunCurves":
@@ -127,7 +131,8 @@ class RunCurves:
         return cls(label=label or run.path.name, steps=read_steps(run),
                    evals=sorted(metrics["evals"], key=lambda e: e.get("iteration", 0)),
                    optimizer=cfg.optim.optimizer, curvature=cfg.optim.curvature, densify=cfg.strategy.densify,
-                   n_gaussians=metrics.get("n_gaussians"), finished=bool(metrics.get("finished")))
+                   n_gaussians=metrics.get("n_gaussians"), finished=bool(metrics.get("finished")),
+                   densify_events=[e for e in metrics.get("densify") or [] if isinstance(e, dict)])
 
     @property
     def description(self) -> str:
@@ -173,7 +178,8 @@ class TrainingCurves(Hook):
         cfg = trainer.cfg
         run = RunCurves(label=trainer.run_dir.path.name, steps=self.steps, evals=list(trainer.state.evals),
                         optimizer=cfg.optim.optimizer, curvature=cfg.optim.curvature,
-                        densify=cfg.strategy.densify, n_gaussians=len(trainer.gaussians))
+                        densify=cfg.strategy.densify, n_gaussians=len(trainer.gaussians),
+                        densify_events=list(trainer.strategy.records()))
         plot_runs([run], trainer.run_dir.curves_plot_path, title=f"{trainer.scene.name}: {run.label}")
 
     def on_close(self, trainer: "Trainer") -> None:
@@ -239,6 +245,8 @@ def _panels(runs: list[RunCurves]) -> list[tuple[str, str, str]]:
             panels += [(metric, "iteration", title), (metric, "train_seconds", title)]
     if any(_on_bound(r) for r in runs):
         panels.append(("on_bound", "iteration", "steps clipped to the trust region"))
+    if any(_densify_shares(r) for r in runs):
+        panels.append(("densify", "iteration", "share of the Gaussians per refinement"))
     if any(_ratio_test(r, "scale")[0] for r in runs):  # the adaptive radius (--tr-radius adaptive)
         panels += [("radius_scale", "iteration", "radius factor κ on ε"),
                    ("ratio_test", "iteration", "trust-region ratio test")]
@@ -248,6 +256,26 @@ def _panels(runs: list[RunCurves]) -> list[tuple[str, str, str]]:
 RATIO_TEST_SERIES = (("rho_mean", "mean ρ"), ("accept_fraction", "ρ > 0"), ("shrink_fraction", "shrunk"),
                      ("grow_fraction", "grown"))
 """The ``ratio_test`` keys of an eval record drawn in the ratio-test panel, with their labels."""
+
+
+DENSIFY_COUNTS = ("relocated", "added", "cloned", "split", "pruned")
+"""The counts of a strategy's refinement records drawn in the densification panel."""
+
+
+def _densify_shares(run: RunCurves) -> dict[str, tuple[list[float], list[float]]]:
+    """{count: (refinement iterations, count / Gaussians after the refinement)} of each count in
+    :data:`DENSIFY_COUNTS` that the run's records have."""
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    for e in run.densify_events:
+        after = e.get("after")
+        if not isinstance(after, (int, float)) or after <= 0 or "iteration" not in e:
+            continue
+        for key in DENSIFY_COUNTS:
+            if isinstance(e.get(key), (int, float)):
+                xs, ys = out.setdefault(key, ([], []))
+                xs.append(e["iteration"])
+                ys.append(e[key] / after)
+    return out
 
 
 def _ratio_test(run: RunCurves, key: str) -> tuple[list[float], list[float]]:
@@ -281,7 +309,7 @@ def plot_runs(runs: list[RunCurves], path: str | Path, title: str = "") -> None:
         if kind == "radius_scale" and ax.has_data():
             ax.set_yscale("log", base=2)
         if ax.has_data() and (kind == "psnr" and xkey == "iteration" or kind in ("on_bound", "radius_scale",
-                                                                                  "ratio_test")):
+                                                                                  "ratio_test", "densify")):
             ax.legend(fontsize=7, loc="best")
         if not ax.has_data():
             ax.text(0.5, 0.5, "no data yet", transform=ax.transAxes, ha="center", va="center", color="grey")
@@ -324,6 +352,15 @@ def _draw(ax, run: RunCurves, kind: str, xkey: str, color: str, label: str, sing
                      / sum(1 for xs, _ in series.values() if i in xs) for i in its]
             ax.plot(its, means, color=color, marker="o", markersize=3, linewidth=1.4, label=f"{label} (mean)")
         ax.set_ylim(0, 1)
+    elif kind == "densify":
+        shares = _densify_shares(run)
+        if single:  # one line per count
+            for k, (name, (xs, ys)) in enumerate(shares.items()):
+                ax.plot(*_thin(xs, ys), linewidth=1.0, label=name, color=OTHER_COLORS[k % len(OTHER_COLORS)])
+        elif "relocated" in shares:  # one line per run: MCMC's churn (ADC: its clones)
+            ax.plot(*_thin(*shares["relocated"]), color=color, linewidth=1.2, label=f"{label}: relocated")
+        elif "cloned" in shares:
+            ax.plot(*_thin(*shares["cloned"]), color=color, linewidth=1.2, label=f"{label}: cloned")
     elif kind == "radius_scale":
         xs, ys = _ratio_test(run, "scale")
         if xs:
