@@ -143,13 +143,9 @@ def test_densified_runs_get_the_refinement_panel(tiny_scene, tmp_path) -> None:
     assert shares["added"] == ([r["iteration"] for r in records], [r["added"] / r["after"] for r in records])
     assert sum(r["added"] for r in records) == 60  # grown from 300 to the cap, 5 % at a time
     assert _is_drawn_png(run / RunDir.CURVES_PLOT)
-    assert not _densify_shares(RunCurves.from_run(_train_adam(tiny_scene, tmp_path)))
-
-
-def _train_adam(scene: Path, tmp_path: Path) -> Path:
-    run = tmp_path / "adam"
-    train(_config(scene, run))
-    return run
+    adam = tmp_path / "adam"
+    train(_config(tiny_scene, adam))
+    assert not _densify_shares(RunCurves.from_run(adam))
 
 
 def test_compare_two_optimizers(tiny_scene, tmp_path, capsys) -> None:
