@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import types
 import typing
 from pathlib import Path
 
 from trsplat.config import DEFAULT_RECIPE, RECIPES, TrainConfig, field_default
-from trsplat.errors import TrsplatError
+from trsplat.errors import Terminated, TrsplatError
 
 
 def _parse_int_list(text: str) -> list[int]:
@@ -91,12 +92,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     world = init_world(getattr(args, "dist_timeout", TrainConfig().dist_timeout),
                        device="cuda" if _uses_cuda(args) else "cpu")
+    # SIGTERM (torchrun's, when another process is lost) becomes an error until the line is out;
+    # the training loop has its own handler, which stops after the step with a checkpoint
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return _train(args, world)
     except TrsplatError as exc:  # reported before the group's teardown, which a launcher's SIGTERM can cut short
         return _report_error(exc)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         close_world(world)
+
+
+def _raise_terminated(signum: int, frame: types.FrameType | None) -> None:
+    raise Terminated()
 
 
 def _uses_cuda(args: argparse.Namespace) -> bool:
@@ -356,6 +365,8 @@ def rank_prefix() -> str:
 
 def _report_error(exc: TrsplatError) -> int:
     """Print the one-line error (flushed at once) and return the exit status 2."""
+    if isinstance(exc, Terminated):
+        exc = exc.reported()
     print(f"trsplat: error: {rank_prefix()}{exc}", file=sys.stderr, flush=True)
     return 2
 
