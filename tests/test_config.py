@@ -52,6 +52,8 @@ def test_unknown_keys_are_named() -> None:
     ({"tr_mass_clamp": "1"}, "--tr-mass-clamp"),
     ({"residual_delta": 0.0}, "--residual-delta"),
     ({"iters": 10, "eval_at": [20]}, "--eval-at"),
+    ({"optimizer": "tr", "tr_step": "adam"}, "--tr-step adam needs"),  # (tr's default curvature)
+    ({"optimizer": "adam", "curvature": "none", "tr_step": "adam"}, "--tr-step adam needs"),
 ])
 def test_validation_names_the_option(flat, flag) -> None:
     with pytest.raises(TrsplatError, match=flag):

@@ -209,6 +209,12 @@ def _tr_none(params):
     return opt, [ExponentialDecay(opt, key="tr_eps", start=1e-3, end=1e-5, max_steps=20)]
 
 
+def _tr_adam(params):
+    """tr with Adam's normalised step inside the bound (``step_rule="adam"``)."""
+    opt = TrustRegionNewton(params, curvature="none", step_rule="adam", seed=5)
+    return opt, [ExponentialDecay(opt, key="tr_eps", start=1e-3, end=1e-5, max_steps=20)]
+
+
 def _adam_tr(params):
     opt = AdamTrustRegion(params, LRS, trust_region=HellingerTrustRegion(TrustRegionConfig.kernel_exact()))
     return opt, [ExponentialDecay(opt, key="lr", group="means", start=1e-2, end=1e-4, max_steps=20),
@@ -220,8 +226,9 @@ def _adam(params):
     return opt, [ExponentialDecay(opt, key="lr", group="means", start=1e-2, end=1e-4, max_steps=20)]
 
 
-@pytest.mark.parametrize("make,closure_kind", [(_tr, "hutchinson"), (_tr_none, None), (_adam_tr, None),
-                                                (_adam, None)], ids=["tr", "tr-none", "adam-tr", "adam"])
+@pytest.mark.parametrize("make,closure_kind", [(_tr, "hutchinson"), (_tr_none, None), (_tr_adam, None),
+                                                (_adam_tr, None), (_adam, None)],
+                         ids=["tr", "tr-none", "tr-adam-step", "adam-tr", "adam"])
 def test_state_dict_round_trip_continues_identically(make, closure_kind) -> None:
     """Saving and loading the state_dict mid-run (before a curvature refresh that draws from the
     generator) continues bit-identically, bound statistics included."""
@@ -237,8 +244,8 @@ def test_state_dict_round_trip_continues_identically(make, closure_kind) -> None
         assert sum(straight.trust_region.stats.total.values()) > 0
 
 
-@pytest.mark.parametrize("make,closure_kind", [(_tr, "gnb"), (_tr_none, None), (_adam_tr, None), (_adam, None)],
-                         ids=["tr", "tr-none", "adam-tr", "adam"])
+@pytest.mark.parametrize("make,closure_kind", [(_tr, "gnb"), (_tr_none, None), (_tr_adam, None), (_adam_tr, None),
+                                                (_adam, None)], ids=["tr", "tr-none", "tr-adam-step", "adam-tr", "adam"])
 def test_state_follows_the_parameters(make, closure_kind) -> None:
     """Every per-parameter state tensor that is not a scalar has the parameter's shape, so a
     densification helper can index it like the parameter: pruning half the rows of every
@@ -246,7 +253,8 @@ def test_state_follows_the_parameters(make, closure_kind) -> None:
     params = raw_params(30, 9)
     problem = LeastSquares(params, 10)
     opt = _run(make, params, problem, 4, closure_kind=closure_kind)
-    per_param = {"TrustRegionNewton": {"grad_ema"} if make is _tr_none else {"grad_ema", "curv_ema"},
+    per_param = {"TrustRegionNewton": {_tr_none: {"grad_ema"}, _tr_adam: {"grad_ema", "exp_avg_sq"}}.get(
+                     make, {"grad_ema", "curv_ema"}),
                  "AdamTrustRegion": {"exp_avg", "exp_avg_sq"}, "GaussianAdam": {"exp_avg", "exp_avg_sq"}}[type(opt).__name__]
     keep = torch.arange(30) % 2 == 0
     for group in opt.param_groups:
@@ -286,3 +294,43 @@ def test_clip_backends_agree_in_the_optimizer() -> None:
     assert all(torch.equal(a[k], b[k]) for k in a) and stats_a == stats_b
     with pytest.raises(ValueError, match="unknown clip backend"):
         HellingerTrustRegion(clip_backend="numba")
+
+
+def test_adam_step_rule_is_the_bound_step_scaled_by_adams_normalised_step() -> None:
+    """``step_rule="adam"``: each coordinate moves min(1, |m̂|/(√v̂ + eps)) times the full step of
+    the Newton rule without curvature (which always reaches the bound), m̂ and v̂ computed here from
+    the gradients by Adam's formulas; about half the coordinates get a shorter step."""
+    params = {k: v.detach().double() for k, v in raw_params(40, 21).items()}  # (steps measured as differences)
+    newton_params, adam_params = clone(params), clone(params)
+    newton = TrustRegionNewton(newton_params, curvature="none", tr_eps=1e-4)
+    adam = TrustRegionNewton(adam_params, curvature="none", step_rule="adam", tr_eps=1e-4)
+    m = {k: torch.zeros_like(v) for k, v in params.items()}
+    v2 = {k: torch.zeros_like(v) for k, v in params.items()}
+    g = torch.Generator().manual_seed(23)
+    for t in range(1, 31):
+        # the same noisy gradients for both (so their EMAs agree), applied at the same point
+        grads = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) + 0.3 for k, v in params.items()}
+        for k in params:
+            m[k] = 0.9 * m[k] + 0.1 * grads[k]
+            v2[k] = 0.999 * v2[k] + 0.001 * grads[k] ** 2
+        start = {k: v.detach().clone() for k, v in adam_params.items()}
+        with torch.no_grad():
+            for k in params:
+                newton_params[k].copy_(start[k])
+        for opt, ps in ((newton, newton_params), (adam, adam_params)):
+            for k, p in ps.items():
+                p.grad = grads[k].clone()
+            opt.step()
+        shorter = 0
+        for k in params:
+            u = (m[k] / (1 - 0.9 ** t)) / ((v2[k] / (1 - 0.999 ** t)).sqrt() + 1e-15)
+            full = newton_params[k].detach() - start[k]
+            want = full * u.abs().clamp(max=1.0)
+            torch.testing.assert_close(adam_params[k].detach() - start[k], want, rtol=1e-9, atol=1e-12, msg=k)
+            shorter += int((u.abs() < 0.99).sum())
+    assert shorter > 0.5 * sum(v.numel() for v in params.values())  # (at the last step)
+
+
+def test_adam_step_rule_takes_no_curvature() -> None:
+    with pytest.raises(ValueError, match="curvature='none'"):
+        TrustRegionNewton(raw_params(4, 1), curvature="hutchinson", step_rule="adam")

@@ -107,6 +107,10 @@ class OptimizerConfig:
     tr_opacity_step: str = opt("newton", "tr: newton (the paper: the opacity logits take the clipped Newton step) "
                                "or adam (they take Adam's step at --lr-opacity with theta1/theta2 as betas, "
                                "outside the trust region; docs/densification.md)", choices=("newton", "adam"))
+    tr_step: str = opt("newton", "tr: newton (the paper: the guarded Newton step -g/D, clipped; with --curvature none "
+                       "every moving coordinate goes to the bound) or adam (needs --curvature none: Adam's normalised "
+                       "step m/(sqrt(v)+eps), at most 1 per coordinate, times the bound in its direction, so a noisy "
+                       "gradient gives a shorter step; docs/optimizer.md)", choices=("newton", "adam"))
     residual_form: str = opt("sqrt", "tr: residual of the curvature estimate: sqrt (paper) or l2 (surrogate)",
                              choices=("sqrt", "l2"))
     residual_delta: float = opt(1e-6, "tr: delta of the sqrt residual, per-pixel loss units", lo=0)
@@ -297,6 +301,9 @@ class TrainConfig:
         if o.tr_damping != "none" and (o.tr_radius != "adaptive" or o.curvature == "none"):
             raise TrsplatError(f"--tr-damping {o.tr_damping} needs --tr-radius adaptive and a curvature estimator, "
                                f"got --tr-radius {o.tr_radius} --curvature {o.curvature}")
+        if o.tr_step != "newton" and (o.optimizer != "tr" or o.curvature != "none" or o.step_norm != "none"):
+            raise TrsplatError(f"--tr-step {o.tr_step} needs --optimizer tr --curvature none --step-norm none, got "
+                               f"--optimizer {o.optimizer} --curvature {o.curvature} --step-norm {o.step_norm}")
         if o.residual_form == "sqrt" and o.residual_delta == 0:
             raise TrsplatError(f"--residual-delta must be > 0 for the sqrt residual, got {o.residual_delta}")
         for name in ("lr_means", "lr_sh_dc", "lr_sh_rest", "lr_opacity", "lr_scale", "lr_rotation"):

@@ -51,6 +51,6 @@ def build_optimizer(ocfg: Any, params: dict[str, Tensor], *, extent: float, iter
         radius_held_out_views=ocfg.tr_radius_test_views, radius_scale_max=ocfg.tr_radius_scale_max,
         radius_opacity_scale_max=ocfg.tr_radius_opacity_max, damping=ocfg.tr_damping,
         radius_scale_min=ocfg.tr_radius_scale_min, opacity_step=ocfg.tr_opacity_step, opacity_lr=ocfg.lr_opacity,
-        adam_eps=ocfg.adam_eps)
+        adam_eps=ocfg.adam_eps, step_rule=ocfg.tr_step)
     return optimizer, [ExponentialDecay(optimizer, key="tr_eps", start=ocfg.eps_start, end=ocfg.eps_end,
                                         max_steps=iters)]

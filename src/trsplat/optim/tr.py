@@ -20,6 +20,7 @@ from trsplat.optim.trust_region import HellingerTrustRegion, WithTrustRegion, gr
 GUARDS = ("sophia", "abs", "raw")
 STEP_NORMS = ("none", "median-radius")
 OPACITY_STEPS = ("newton", "adam")
+STEP_RULES = ("newton", "adam")
 OPACITY = "opacity_logits"
 
 CurvatureClosure = Callable[[torch.Generator], dict[str, Tensor]]
@@ -78,6 +79,10 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
     (``radius_test_on``, ``radius_held_out_views``, ``radius_scale_max``, ``radius_scale_min`` (its ``scale_floor``),
     ``radius_opacity_scale_max``, ``damping``) are those of
     :class:`~trsplat.optim.radius.AdaptiveRadius` (``test_on``, ``held_out_views``, ...).
+    ``step_rule="adam"`` (not the paper; needs ``curvature="none"``) replaces the Newton step of
+    every group that the trust region clips by Adam's normalised step −m̂/(√v̂ + ``adam_eps``), each
+    coordinate capped at 1 in size, times the bound in its direction: where the gradient's sign is
+    noisy the step is shorter than the radius, where the Newton step with D̂ = 0 always reaches it.
     ``opacity_step="adam"`` (not the paper) gives the ``opacity_logits`` group Adam's step instead:
     −``opacity_lr``·m̂/(√v̂ + ``adam_eps``), m the gradient EMA (θ₁), v the squared-gradient EMA
     ``exp_avg_sq`` (θ₂), both bias-corrected, applied outside the trust region
@@ -92,7 +97,7 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
                  radius_held_out_views: int = 1, radius_scale_max: float = SCALE_MAX,
                  radius_opacity_scale_max: float | None = None, damping: str = "none",
                  radius_scale_min: float | None = None, opacity_step: str = "newton", opacity_lr: float = 0.025,
-                 adam_eps: float = 1e-15) -> None:
+                 adam_eps: float = 1e-15, step_rule: str = "newton") -> None:
         if guard not in GUARDS:
             raise ValueError(f"unknown guard {guard!r}; choose {', '.join(GUARDS)}")
         if step_norm not in STEP_NORMS:
@@ -101,6 +106,10 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
             raise ValueError(f"step_norm_quantile must lie in (0, 1], got {step_norm_quantile}")
         if opacity_step not in OPACITY_STEPS:
             raise ValueError(f"unknown opacity_step {opacity_step!r}; choose {', '.join(OPACITY_STEPS)}")
+        if step_rule not in STEP_RULES:
+            raise ValueError(f"unknown step_rule {step_rule!r}; choose {', '.join(STEP_RULES)}")
+        if step_rule == "adam" and (curvature != "none" or step_norm != "none"):
+            raise ValueError("step_rule 'adam' takes no Newton step: use curvature='none' and step_norm='none'")
         if curvature not in CURVATURES:
             raise ValueError(f"unknown curvature estimator {curvature!r}; choose {', '.join(CURVATURES)}")
         if interval < 1:
@@ -114,6 +123,7 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
         self.curvature = curvature
         self.interval = interval
         self.opacity_step, self.opacity_lr, self.adam_eps = opacity_step, opacity_lr, adam_eps
+        self.step_rule = step_rule
         if radius != "adaptive" and damping != "none":
             raise ValueError(f"damping {damping!r} is tied to the adaptive radius's ratio test; use radius='adaptive'")
         self.radius_control = AdaptiveRadius(
@@ -215,7 +225,7 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
                 if self.curvature != "none":  # (D̂ = 0 needs no tensor)
                     state["curv_ema"] = torch.zeros_like(p)
             theta1 = group["theta1"]
-            adam = self._takes_adam_step(group)
+            adam = self._takes_adam_step(group) or self.step_rule == "adam"  # (keeps v)
             if adam and "exp_avg_sq" not in state:
                 state["exp_avg_sq"] = torch.zeros_like(p)
             if p.grad is not None:  # (no gradient: the EMAs decay towards zero)
@@ -306,6 +316,10 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
             if self._takes_adam_step(group):
                 yield OPACITY, self._adam_step(group)
                 continue
+            if self.step_rule == "adam":
+                u = self._adam_direction(group).clamp_(-1.0, 1.0)
+                yield group["name"], self.trust_region.bound_along(current, group["name"], u.neg(), eps).mul_(u.abs_())
+                continue
             g_hat, d_hat = self._corrected(group)
             step = guarded_newton_step(g_hat, self._damped(d_hat), group["guard"], group["guard_floor"])
             del g_hat, d_hat
@@ -323,11 +337,15 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
         return self.opacity_step == "adam" and group["name"] == OPACITY
 
     def _adam_step(self, group: dict) -> Tensor:
-        """Adam's step −lr·m̂/(√v̂ + eps) of ``group`` from its EMAs, both bias-corrected."""
+        """Adam's step −lr·m̂/(√v̂ + eps) of ``group`` from its EMAs."""
+        return self._adam_direction(group).mul_(-self.opacity_lr)
+
+    def _adam_direction(self, group: dict) -> Tensor:
+        """m̂/(√v̂ + eps) of ``group`` from its EMAs, both bias-corrected (a new tensor)."""
         state = self.state[group["params"][0]]
         t = state["step"]
         denom = (state["exp_avg_sq"] / (1 - group["theta2"] ** t)).sqrt_().add_(self.adam_eps)
-        return (state["grad_ema"] / (1 - group["theta1"] ** t)).div_(denom).mul_(-self.opacity_lr)
+        return (state["grad_ema"] / (1 - group["theta1"] ** t)).div_(denom)
 
 
 class _ModelDecrease:

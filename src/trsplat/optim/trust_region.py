@@ -106,6 +106,13 @@ class HellingerTrustRegion:
             params[name].add_(c)
 
     @torch.no_grad()
+    def bound_along(self, params: Mapping[str, Tensor], name: str, direction: Tensor, eps: float) -> Tensor:
+        """The longest step within the bound at ``params`` along the sign of each coordinate of
+        ``direction`` (0 where it is 0), shaped like it: the radius in that direction, or less
+        where a box is nearer."""
+        return self.clip(params, {name: torch.sign(direction).mul_(_FAR)}, eps)[0][name]
+
+    @torch.no_grad()
     def scale_to_radius(self, params: Mapping[str, Tensor], name: str, step: Tensor, eps: float,
                         quantile: float = 0.5) -> Tensor:
         """``step`` (NaN/inf → 0, in place) divided by the ``quantile`` over its moving coordinates
@@ -113,9 +120,7 @@ class HellingerTrustRegion:
         bound in the step's direction at ``params`` (zero radii, e.g. a box, are left out).
         Afterwards a fraction ``quantile`` of the moving coordinates lies inside its radius."""
         st = torch.nan_to_num_(step, nan=0.0, posinf=0.0, neginf=0.0)
-        far = torch.sign(st).mul_(_FAR)
-        radius = self.clip(params, {name: far}, eps)[0][name].abs_()
-        del far
+        radius = self.bound_along(params, name, st, eps).abs_()
         usable = (st != 0) & (radius > 0)
         if usable.any():
             ratios = st[usable].abs() / radius[usable]
