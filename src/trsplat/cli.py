@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 
 from trsplat.config import DEFAULT_RECIPE, RECIPES, TrainConfig, field_default
-from trsplat.errors import Terminated, TrsplatError
+from trsplat.errors import Terminated, TrsplatError, warn
 
 
 def _parse_int_list(text: str) -> list[int]:
@@ -108,6 +108,17 @@ def _raise_terminated(signum: int, frame: types.FrameType | None) -> None:
     raise Terminated()
 
 
+TR_MCMC_MEASURED_ITERS = 10_000
+"""Above this many iterations the ``tr-mcmc`` recipe is not the measured best (docs/training.md)."""
+
+
+def _warn_beyond_the_measured_length(recipe: str, iters: int) -> None:
+    if recipe == "tr-mcmc" and iters > TR_MCMC_MEASURED_ITERS:
+        warn(f"--iters {iters} with the tr-mcmc recipe: it beats Adam + MCMC at 7000 iterations, but at 30 000 "
+             f"(the bird) Adam + MCMC ended 2.4 dB higher; for long runs consider --recipe 3dgs-mcmc "
+             f"(docs/training.md, 'Recipes')")
+
+
 def _uses_cuda(args: argparse.Namespace) -> bool:
     """Whether this process renders on CUDA (NCCL then reduces the gradients, else gloo)."""
     from trsplat.render.backends import get_backend, resolve_backend
@@ -141,7 +152,10 @@ def _train(args: argparse.Namespace, world) -> int:
     else:
         if not args.data or not args.out:
             raise TrsplatError("train needs DATA and --out DIR (or --resume DIR)")
-        metrics = train(config_from_args(args), **options)
+        cfg = config_from_args(args)
+        if world.is_writer:
+            _warn_beyond_the_measured_length(args.recipe or DEFAULT_RECIPE, cfg.iters)
+        metrics = train(cfg, **options)
     last = metrics["evals"][-1]
     if world.is_writer:
         print(json.dumps({k: last[k] for k in ("iteration", "psnr", "ssim", "lpips", "train_seconds") if k in last}))
