@@ -32,7 +32,7 @@ def config(**over) -> SimpleNamespace:
                   step_norm="median-radius", step_norm_quantile=0.3, tr_radius="fixed", tr_radius_test_every=10,
                   tr_radius_test="step", tr_radius_test_views=1, tr_radius_scale_max=1024.0,
                   tr_radius_opacity_max=None, tr_damping="none", tr_radius_scale_min=None,
-                  tr_opacity_step="newton")
+                  tr_opacity_step="newton", tr_step="newton")
     return SimpleNamespace(**{**fields, **over}, trust_region=lambda: TR_CONFIG)
 
 
@@ -120,6 +120,10 @@ def test_build_tr() -> None:
     opt, _ = build_optimizer(config(optimizer="tr", tr_opacity_step="adam", lr_opacity=0.03, adam_eps=1e-8), params(),
                              extent=1.0, iters=10, seed=0)
     assert (opt.opacity_step, opt.opacity_lr, opt.adam_eps) == ("adam", 0.03, 1e-8)
+    assert opt.step_rule == "newton"
+    opt, _ = build_optimizer(config(optimizer="tr", curvature="none", step_norm="none", tr_step="adam"), params(),
+                             extent=1.0, iters=10, seed=0)
+    assert opt.step_rule == "adam"
 
 
 def test_build_tr_adaptive_radius() -> None:
