@@ -330,7 +330,10 @@ class TrustRegionNewton(WithTrustRegion, torch.optim.Optimizer):
 
     @property
     def _unclipped(self) -> tuple[str, ...]:
-        """Parameters the trust region applies unclipped: the opacity logits on Adam's step."""
+        """Parameters the trust region applies unclipped: the opacity logits on Adam's step, and
+        every parameter under ``step_rule="adam"`` (its steps lie within the bound by construction)."""
+        if self.step_rule == "adam":
+            return tuple(group["name"] for group in self.param_groups)
         return (OPACITY,) if self.opacity_step == "adam" else ()
 
     def _takes_adam_step(self, group: dict) -> bool:
