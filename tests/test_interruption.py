@@ -101,6 +101,13 @@ def test_killed_runs_resume_to_the_same_result(scene, tmp_path) -> None:
     assert interrupted == len(scenarios)
 
 
+def _train_under(script: str, scene: Path, run: Path) -> subprocess.CompletedProcess:
+    """``trsplat train`` on ``scene`` into ``run`` in a subprocess that runs ``script`` (which patches
+    the process and then calls ``main``) with the train arguments in ``sys.argv``."""
+    return subprocess.run([sys.executable, "-c", script, "train", str(scene), "--out", str(run), *ARGS],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
 _SIGTERM_AFTER_THE_LOOP = """
 import os, signal, sys
 from trsplat.cli import main
@@ -120,25 +127,28 @@ trainer.default_hooks = lambda: [FailThenSigterm()]
 sys.exit(main(sys.argv[1:]))
 """
 
+_SIGTERM_BEFORE_TRAINING = """
+import os, signal, sys
+from trsplat import cli
+
+train = cli._train
+def sigterm_first(args, world):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return train(args, world)
+
+cli._train = sigterm_first
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
 
 def test_a_sigterm_after_the_loop_stopped_with_an_error_still_gets_the_error_line(scene, tmp_path) -> None:
     """torchrun SIGTERMs the survivors when a process is lost; one that lands between the loop's end
     and the printed error must not swallow the line (it used to end the process silently)."""
-    proc = subprocess.run([sys.executable, "-c", _SIGTERM_AFTER_THE_LOOP, "train", str(scene), "--out",
-                           str(tmp_path / "run"), *ARGS], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = _train_under(_SIGTERM_AFTER_THE_LOOP, scene, tmp_path / "run")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1] == "trsplat: error: lost the other process"
 
 
 def test_a_sigterm_before_training_is_a_one_line_error(scene, tmp_path) -> None:
-    code = ("import os, signal, sys; from trsplat import cli; from trsplat.cli import main\n"
-            "load = cli._train\n"
-            "def sigterm_first(args, world):\n"
-            "    os.kill(os.getpid(), signal.SIGTERM)\n"
-            "    return load(args, world)\n"
-            "cli._train = sigterm_first\n"
-            "sys.exit(main(sys.argv[1:]))")
-    proc = subprocess.run([sys.executable, "-c", code, "train", str(scene), "--out", str(tmp_path / "run"), *ARGS],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = _train_under(_SIGTERM_BEFORE_TRAINING, scene, tmp_path / "run")
     assert (proc.returncode, proc.stderr.strip()) == (2, "trsplat: error: stopped by SIGTERM")
