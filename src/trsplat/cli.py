@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 
 from trsplat.config import DEFAULT_RECIPE, RECIPES, TrainConfig, field_default
-from trsplat.errors import Terminated, TrsplatError, warn
+from trsplat.errors import Terminated, TrsplatError
 
 
 def _parse_int_list(text: str) -> list[int]:
@@ -112,11 +112,8 @@ TR_MCMC_MEASURED_ITERS = 10_000
 """Above this many iterations the ``tr-mcmc`` recipe is not the measured best (docs/training.md)."""
 
 
-def _warn_beyond_the_measured_length(recipe: str, iters: int) -> None:
-    if recipe == "tr-mcmc" and iters > TR_MCMC_MEASURED_ITERS:
-        warn(f"--iters {iters} with the tr-mcmc recipe: it beats Adam + MCMC at 7000 iterations, but at 30 000 "
-             f"(the bird) Adam + MCMC ended 2.4 dB higher; for long runs consider --recipe 3dgs-mcmc "
-             f"(docs/training.md, 'Recipes')")
+def _beyond_the_measured_length(recipe: str, iters: int) -> bool:
+    return recipe == "tr-mcmc" and iters > TR_MCMC_MEASURED_ITERS
 
 
 def _uses_cuda(args: argparse.Namespace) -> bool:
@@ -131,16 +128,17 @@ def _uses_cuda(args: argparse.Namespace) -> bool:
 
 def _train(args: argparse.Namespace, world) -> int:
     from trsplat.training import resume, train
+    from trsplat.training.hooks import StartWarning
+    from trsplat.training.trainer import default_hooks
 
-    options: dict[str, object] = {"world": world}
+    hooks = default_hooks()
     if args.viewer and world.is_writer:  # checked before the capture is loaded; the viewer starts with the loop
-        from trsplat.training.trainer import default_hooks
         from trsplat.viewer import LiveViewer, check_port
 
         check_port(args.host, args.port)
         if not args.viewer_every > 0:
             raise TrsplatError(f"--viewer-every {args.viewer_every}: expected seconds > 0")
-        options["hooks"] = [*default_hooks(), LiveViewer(every=args.viewer_every, **_viewer_options(args))]
+        hooks.append(LiveViewer(every=args.viewer_every, **_viewer_options(args)))
     if args.resume:
         if args.data or args.out:
             raise TrsplatError(f"--resume {args.resume} continues that run in its folder with its data; "
@@ -148,14 +146,17 @@ def _train(args: argparse.Namespace, world) -> int:
         if args.recipe:
             raise TrsplatError(f"--resume {args.resume} continues with the run's own options; "
                                f"--recipe applies when a run starts")
-        metrics = resume(args.resume, given_options(args), **options)
+        metrics = resume(args.resume, given_options(args), world=world, hooks=hooks)
     else:
         if not args.data or not args.out:
             raise TrsplatError("train needs DATA and --out DIR (or --resume DIR)")
         cfg = config_from_args(args)
-        if world.is_writer:
-            _warn_beyond_the_measured_length(args.recipe or DEFAULT_RECIPE, cfg.iters)
-        metrics = train(cfg, **options)
+        if world.is_writer and _beyond_the_measured_length(args.recipe or DEFAULT_RECIPE, cfg.iters):
+            hooks.insert(0, StartWarning(
+                f"--iters {cfg.iters} with the tr-mcmc recipe: it beats Adam + MCMC at 7000 iterations, but at "
+                f"30 000 (the bird) Adam + MCMC ended 2.4 dB higher; for long runs consider --recipe 3dgs-mcmc "
+                f"(docs/training.md, 'Recipes')"))
+        metrics = train(cfg, world=world, hooks=hooks)
     last = metrics["evals"][-1]
     if world.is_writer:
         print(json.dumps({k: last[k] for k in ("iteration", "psnr", "ssim", "lpips", "train_seconds") if k in last}))

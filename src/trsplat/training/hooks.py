@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from trsplat.errors import warn
+
 if TYPE_CHECKING:
     from trsplat.training.trainer import Trainer
 
@@ -31,6 +33,17 @@ class Hook:
 
     def on_close(self, trainer: "Trainer") -> None:
         pass
+
+
+class StartWarning(Hook):
+    """Prints a one-line warning when the loop starts: after the options were checked and the data
+    loaded, so a run that fails before training prints only its error."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def on_start(self, trainer: "Trainer") -> None:
+        warn(self.message)
 
 
 class ProgressBar(Hook):
